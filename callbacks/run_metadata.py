@@ -1,0 +1,88 @@
+"""Record what a run needs to be reproduced: git commit, package versions, seed, data fingerprint."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "timm",
+    "transformers",
+    "wandb",
+    "jsonargparse",
+    "transfer",
+)
+
+
+def git_state(directory: Path) -> dict[str, Any]:
+    """Commit and dirtiness of the repository holding `directory`; None when it is not one."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    return {
+        "commit": commit,
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_metadata(trainer: Trainer) -> dict[str, Any]:
+    datamodule = trainer.datamodule
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return {
+        "git": git_state(Path(__file__).resolve().parent),
+        "packages": package_versions(),
+        "seed": int(seed) if seed is not None else None,
+        "data_fingerprint": datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None,
+        "platform": platform.platform(),
+    }
+
+
+class RunMetadata(Callback):
+    """Writes `run_metadata.json` into the run's log directory and logs the same into the logger."""
+
+    def __init__(self, filename: str = "run_metadata.json"):
+        self.filename = filename
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        log_dir = trainer.log_dir  # collective on some loggers: every rank must call it
+        self._write(trainer, log_dir)
+
+    @rank_zero_only
+    def _write(self, trainer: Trainer, log_dir: str | None) -> None:
+        info = run_metadata(trainer)
+        if log_dir is not None:
+            path = Path(log_dir) / self.filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(info, indent=2) + "\n")
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"run": info})

@@ -1,0 +1,15 @@
+"""Datamodules: every vision batch is `{"pixel_values", "labels", "index"}`."""
+
+from datamodules.base import TransferDataModule
+from datamodules.cifar10 import CIFAR10DataModule
+from datamodules.digits import DigitsDataModule
+from datamodules.synthetic import SyntheticDataModule
+from datamodules.transforms import Preprocessing
+
+__all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "Preprocessing",
+    "SyntheticDataModule",
+    "TransferDataModule",
+]

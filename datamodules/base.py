@@ -1,0 +1,234 @@
+"""TransferDataModule: splits, transforms, loaders, fingerprints and the feature-cache hook.
+
+A concrete datamodule only says what its classes are and how to load its official training pool and
+test split (`load_splits`); everything else (per-class cap, stratified validation split, label checks,
+transforms, loaders) lives here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.datasets import FeatureDataset, ImageDataset, collate_batched
+from datamodules.splits import cap_per_class, stratified_split, validate_labels
+from datamodules.transforms import Preprocessing, image_transform
+
+SPLITS = ("train", "val", "test")
+FINGERPRINT_VERSION = "transfer-data-v1"
+
+InputEncoder = Callable[[str, DataLoader], torch.Tensor]
+
+
+def _require(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"data.{key} must be {expected}, got {value!r}")
+
+
+class TransferDataModule(L.LightningDataModule):
+    """Base of the vision datamodules: batches are `{"pixel_values", "labels", "index"}` dicts.
+
+    Args:
+        root: Dataset location (folder or archive, depending on the dataset); None for the default.
+        batch_size: Samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        val_fraction: Fraction of the (capped) training pool held out, stratified, for validation.
+        seed: Data seed for the per-class cap and the validation split (independent of the training seed).
+        augment: Random crop (and flip where the data allows it) on the training split.
+        image_size: Side of the square model input; None uses `preprocessing.image_size`.
+        preprocessing: Resolution, mean/std and interpolation the backbone expects (linked from the model).
+        train_per_class: Cap on images per class in the training pool (balanced, chosen with `seed`).
+        max_per_class: Same as `train_per_class` (the ImageNet-subset name); give either.
+    """
+
+    flip: ClassVar[bool] = True
+    uses_root: ClassVar[bool] = True
+    default_preprocessing: ClassVar[Preprocessing] = Preprocessing()
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = True,
+        image_size: int | None = None,
+        preprocessing: Preprocessing | None = None,
+        train_per_class: int | None = None,
+        max_per_class: int | None = None,
+    ):
+        super().__init__()
+        _require(batch_size >= 1, "batch_size", batch_size, ">= 1")
+        _require(num_workers >= 0, "num_workers", num_workers, ">= 0")
+        _require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "in (0, 1)")
+        _require(seed >= 0, "seed", seed, ">= 0")
+        _require(image_size is None or image_size >= 1, "image_size", image_size, ">= 1 or null")
+        for key, cap in (("train_per_class", train_per_class), ("max_per_class", max_per_class)):
+            _require(cap is None or cap >= 1, key, cap, ">= 1 or null")
+        if train_per_class is not None and max_per_class is not None and train_per_class != max_per_class:
+            raise ValueError(
+                f"data.train_per_class={train_per_class} and data.max_per_class={max_per_class} disagree: "
+                "they name the same per-class cap, give only one"
+            )
+        if root is not None and self.uses_root and not Path(root).expanduser().exists():
+            raise FileNotFoundError(f"data.root: {root} does not exist")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.augment = augment
+        self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing
+        self.image_size = image_size if image_size is not None else self.preprocessing.image_size
+        self.train_per_class = train_per_class if train_per_class is not None else max_per_class
+        self.datasets: dict[str, Dataset] = {}
+        self._samples: dict[str, ImageDataset] = {}  # split -> samples without transform
+        self._fingerprints: dict[str, str] = {}
+        self._encoder: InputEncoder | None = None
+        self._features: dict[str, torch.Tensor] = {}
+
+    # --- what a concrete datamodule provides -------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order; known without reading the data."""
+        raise NotImplementedError
+
+    def load_splits(self) -> tuple[ImageDataset, ImageDataset]:
+        """(training pool, test split) without transforms; the pool is capped and split here."""
+        raise NotImplementedError
+
+    # --- shared machinery --------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        # Lightning's default __str__ calls every *_dataloader(), which would load (or download) data.
+        shown = {"root": str(self.root) if self.root is not None else None, "batch_size": self.batch_size}
+        shown |= {"image_size": self.image_size, "train_per_class": self.train_per_class, "seed": self.seed}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    __str__ = __repr__
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def max_per_class(self) -> int | None:
+        return self.train_per_class
+
+    def transform(self, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        return image_transform(self.preprocessing, self.image_size, train=train, augment=self.augment, flip=self.flip)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        pool, test = self.load_splits()
+        validate_labels(pool.labels, self.num_classes, "train")
+        validate_labels(test.labels, self.num_classes, "test")
+        pool = pool.subset(cap_per_class(pool.labels.numpy(), self.train_per_class, self.seed))
+        train_idx, val_idx = stratified_split(pool.labels.numpy(), self.val_fraction, self.seed)
+        self._samples = {"train": pool.subset(train_idx), "val": pool.subset(val_idx), "test": test}
+        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
+        self.datasets = {
+            split: samples.with_transform(train_tf if split == "train" else eval_tf)
+            for split, samples in self._samples.items()
+        }
+
+    def _split_samples(self, split: str) -> ImageDataset:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        self.setup()
+        return self._samples[split]
+
+    def _loader(self, dataset: Dataset, shuffle: bool, persistent: bool = True) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=persistent and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self._encoder is not None:
+            return self._feature_loader("train", shuffle=True)
+        self.setup()
+        return self._loader(self.datasets["train"], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._encoder is not None:
+            return self._feature_loader("val", shuffle=False)
+        self.setup()
+        return self._loader(self.datasets["val"], shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.datasets["test"], shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Un-augmented, unshuffled loader over `split` (train included), e.g. to encode features once."""
+        samples = self._split_samples(split).with_transform(self.transform(train=False))
+        return self._loader(samples, shuffle=False, persistent=False)
+
+    # --- fingerprints ------------------------------------------------------------------------------
+
+    def fingerprint(self, split: str | None = None) -> str:
+        """sha256 of the samples and labels in `split` (in order) and the eval transform; None: all splits.
+
+        Deterministic across processes and machines: sample identity is content or relative path + size.
+        """
+        if split is None:
+            parts = "\n".join(f"{s}={self.fingerprint(s)}" for s in SPLITS)
+            return hashlib.sha256(parts.encode()).hexdigest()
+        if split not in self._fingerprints:
+            samples = self._split_samples(split)
+            digest = hashlib.sha256(FINGERPRINT_VERSION.encode())
+            params = {
+                "image_size": self.image_size,
+                "mean": list(self.preprocessing.mean),
+                "std": list(self.preprocessing.std),
+                "interpolation": self.preprocessing.interpolation,
+                "class_names": self.class_names,
+                "num_samples": len(samples),
+            }
+            digest.update(json.dumps(params, sort_keys=True).encode())
+            samples.update_fingerprint(digest)
+            digest.update(samples.labels.to(torch.int64).numpy().astype("<i8").tobytes())
+            self._fingerprints[split] = digest.hexdigest()
+        return self._fingerprints[split]
+
+    # --- feature-cache hook ------------------------------------------------------------------------
+
+    def set_input_encoder(self, encoder: InputEncoder | None) -> None:
+        """Serve train/val as `{"features", "labels", "index"}` from `encoder(split, eval_dataloader(split))`.
+
+        The encoder runs once per split on this instance (memoized); None switches back to images.
+        Test and predict loaders always stay on images.
+        """
+        if encoder is not self._encoder:
+            self._features.clear()
+        self._encoder = encoder
+
+    def _feature_loader(self, split: str, shuffle: bool) -> DataLoader:
+        samples = self._split_samples(split)
+        if split not in self._features:
+            assert self._encoder is not None
+            features = self._encoder(split, self.eval_dataloader(split))
+            if not isinstance(features, torch.Tensor) or features.ndim != 2 or len(features) != len(samples):
+                shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+                raise ValueError(f"input encoder returned {shape} for the {split} split; expected [{len(samples)}, D]")
+            self._features[split] = features.detach().cpu()
+        dataset = FeatureDataset(self._features[split], samples.labels)
+        # In memory already: worker processes would only add start-up time.
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_batched)

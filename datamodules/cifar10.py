@@ -1,0 +1,129 @@
+"""CIFAR-10 from an ImageFolder tree, a .tar.gz of one, or torchvision's binary batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.datasets import CIFAR10
+
+from datamodules.archives import extract_archive
+from datamodules.base import TransferDataModule
+from datamodules.cache import cache_root
+from datamodules.datasets import ImageDataset, TensorImageDataset
+from datamodules.image_folder import ImageFolderDataset, scan_image_folder
+from datamodules.transforms import Preprocessing
+
+# torchvision's CIFAR10.classes order; the folder names sort into the same order.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+BATCHES_FOLDER = "cifar-10-batches-py"
+
+
+def _is_image_tree(path: Path) -> bool:
+    return (path / "train").is_dir() and (path / "test").is_dir()
+
+
+class CIFAR10DataModule(TransferDataModule):
+    """CIFAR-10: 10 classes of 32x32 images; "test" is the official test split, train/val the official train.
+
+    Args:
+        root: A folder with `train/<class>/` and `test/<class>/`, a .tar.gz of such a folder (extracted
+            once into the cache), or a torchvision CIFAR-10 root; None: torchvision batches in the cache.
+        download: Let torchvision download the binary batches when they are missing (needs internet).
+        batch_size: Samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        val_fraction: Fraction of the (capped) training pool held out, stratified, for validation.
+        seed: Data seed for the per-class cap and the validation split (independent of the training seed).
+        augment: Random crop and horizontal flip on the training split.
+        image_size: Side of the square model input; None uses `preprocessing.image_size`.
+        preprocessing: Resolution, mean/std and interpolation the backbone expects (linked from the model).
+        train_per_class: Cap on images per class in the training pool (balanced, chosen with `seed`).
+        max_per_class: Same as `train_per_class`; give either.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        download: bool = True,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = True,
+        image_size: int | None = None,
+        preprocessing: Preprocessing | None = None,
+        train_per_class: int | None = None,
+        max_per_class: int | None = None,
+    ):
+        super().__init__(
+            root=root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_fraction=val_fraction,
+            seed=seed,
+            augment=augment,
+            image_size=image_size,
+            preprocessing=preprocessing,
+            train_per_class=train_per_class,
+            max_per_class=max_per_class,
+        )
+        self.download = download
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CIFAR10_CLASSES)
+
+    def prepare_data(self) -> None:
+        # Extract or download once (Lightning calls this on one process) before every rank runs setup.
+        kind, path = self._locate()
+        if kind == "batches":
+            self._batches(path, train=True)
+            self._batches(path, train=False)
+
+    def _locate(self) -> tuple[str, Path]:
+        """("folder", dir with train/ and test/) or ("batches", torchvision root)."""
+        if self.root is None:
+            return "batches", cache_root() / "data" / "cifar10"
+        if self.root.is_dir():
+            return ("folder" if _is_image_tree(self.root) else "batches"), self.root
+        extracted = extract_archive(self.root)
+        candidates = [extracted, *sorted(p for p in extracted.iterdir() if p.is_dir())]
+        for path in candidates:
+            if _is_image_tree(path):
+                return "folder", path
+            if (path / BATCHES_FOLDER).is_dir():
+                return "batches", path
+        raise FileNotFoundError(
+            f"data.root: archive {self.root} (extracted to {extracted}) holds neither train/ and test/ "
+            f"class folders nor {BATCHES_FOLDER}/"
+        )
+
+    def load_splits(self) -> tuple[ImageDataset, ImageDataset]:
+        kind, path = self._locate()
+        if kind == "folder":
+            return self._folder(path / "train"), self._folder(path / "test")
+        return self._batches(path, train=True), self._batches(path, train=False)
+
+    def _folder(self, path: Path) -> ImageFolderDataset:
+        scan = scan_image_folder(path)
+        if tuple(scan.class_names) != CIFAR10_CLASSES:
+            raise ValueError(
+                f"{path}: class folders must be exactly the ten CIFAR-10 classes {list(CIFAR10_CLASSES)}, "
+                f"found {scan.class_names}"
+            )
+        return ImageFolderDataset.from_scan(scan)
+
+    def _batches(self, path: Path, train: bool) -> TensorImageDataset:
+        try:
+            data = CIFAR10(str(path), train=train, download=self.download)
+        except (OSError, RuntimeError) as exc:
+            how = "the download failed" if self.download else "download is off (data.download=false)"
+            raise RuntimeError(
+                f"CIFAR-10 batches are not in {path} and {how}: {exc}. Offline? Pass --data.root pointing "
+                "at a local copy: a folder with train/<class>/ and test/<class>/ images, or a .tar.gz of "
+                "one (e.g. ../shared/data/cifar10-jpeg.tar.gz)."
+            ) from exc
+        if tuple(data.classes) != CIFAR10_CLASSES:
+            raise ValueError(f"{path}: unexpected CIFAR-10 class list {data.classes}")
+        images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
+        return TensorImageDataset(images, torch.tensor(data.targets, dtype=torch.int64))

@@ -1,0 +1,16 @@
+"""Transfer strategies (LightningModules) and the backbone registry."""
+
+from lightning_modules.backbones import Backbone, backbone_preprocessing, create_backbone, register_backbone
+from lightning_modules.base import TransferModule
+from lightning_modules.feature_extraction import FeatureExtraction
+from lightning_modules.fine_tuning import FineTuning
+
+__all__ = [
+    "Backbone",
+    "FeatureExtraction",
+    "FineTuning",
+    "TransferModule",
+    "backbone_preprocessing",
+    "create_backbone",
+    "register_backbone",
+]

@@ -1,0 +1,51 @@
+"""Feature extraction: a frozen pretrained backbone and a trained linear head (a linear probe)."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lightning_modules.base import ParamGroup, TransferModule
+from lightning_modules.feature_cache import FeatureEncoder
+
+
+class FeatureExtraction(TransferModule):
+    """Backbone frozen (eval mode, no_grad, out of the optimizer); only the head trains.
+
+    Args:
+        cache_features: Compute the backbone features of the un-augmented train and val sets once and
+            train the head on them (augmentation is then off for training).
+        feature_cache_dir: Folder where cached features persist between runs, keyed by backbone weights
+            and data fingerprint; None keeps them in memory for this run only.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        num_classes: int = 10,
+        pretrained: bool = True,
+        weights: str | None = None,
+        head_dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        cache_features: bool = False,
+        feature_cache_dir: str | None = None,
+    ):
+        super().__init__(
+            backbone, num_classes, pretrained, weights, head_dropout, label_smoothing, optimizer, lr_scheduler
+        )
+        self.backbone.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.cache_features and stage == "fit":
+            datamodule = self.trainer.datamodule
+            if not hasattr(datamodule, "set_input_encoder"):
+                raise ValueError("model.cache_features needs a TransferDataModule (it provides set_input_encoder)")
+            encoder = FeatureEncoder(
+                self.backbone, self.hparams.backbone, datamodule.fingerprint, self.hparams.feature_cache_dir
+            )
+            datamodule.set_input_encoder(encoder)
+
+    def param_groups(self) -> list[ParamGroup]:
+        return [{"name": "head", "params": list(self.head.parameters())}]

@@ -1,0 +1,176 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from experiments.cli import CONFIGS, cli_main
+
+EXPERIMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("trainer", "logger"))
+PIECES = sorted(CONFIGS.glob("trainer/*.yaml")) + sorted(CONFIGS.glob("logger/*.yaml"))
+TINY = [
+    "--model",
+    "FineTuning",
+    "--model.backbone",
+    "tiny_cnn",
+    "--model.pretrained",
+    "false",
+    "--data",
+    "SyntheticDataModule",
+    "--trainer.max_epochs",
+    "2",
+]
+
+
+def exit_code(args, capsys=None):
+    with pytest.raises(SystemExit) as raised:
+        cli_main(args)
+    return raised.value.code
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def csv_logger(save_dir):
+    return ["-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(save_dir)]
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_experiment_config_parses_through_the_real_cli(config, capsys):
+    assert exit_code(["fit", "-c", str(config), "--print_config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["class_path"].startswith("lightning_modules.")
+    assert resolved["checkpoint"]["monitor"] == "val/acc" and isinstance(resolved["seed_everything"], int)
+
+
+@pytest.mark.parametrize("piece", PIECES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_piece_stacks_on_an_experiment(piece, capsys):
+    experiment = CONFIGS / "digits" / "feature_extraction.yaml"
+    assert exit_code(["fit", "-c", str(experiment), "-c", str(piece), "--print_config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    expected = yaml.safe_load(piece.read_text())["trainer"]
+    for key, value in expected.items():
+        if key != "logger":
+            assert resolved["trainer"][key] == value or isinstance(value, dict)
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_experiment_config_instantiates(config, in_tmp):
+    cli = cli_main(["-c", str(config), *csv_logger(in_tmp)], run=False)
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 10
+    assert cli.datamodule.preprocessing.image_size == 224  # linked from the backbone
+
+
+def test_backbone_preprocessing_flows_into_the_data(in_tmp):
+    cli = cli_main(
+        [
+            "-c",
+            str(CONFIGS / "digits" / "fine_tuning.yaml"),
+            "--model.backbone",
+            "cifar_resnet20",
+            "--model.pretrained",
+            "false",
+            *csv_logger(in_tmp),
+        ],
+        run=False,
+    )
+    assert cli.datamodule.preprocessing.mean == (0.485, 0.456, 0.406) and cli.datamodule.preprocessing.image_size == 32
+    assert cli.datamodule.image_size == 64  # the user's value still wins over the backbone's default
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--trainer.max_epocks", "3"], "max_epocks"),
+        (["--trainer.max_epochs", "three"], "max_epochs"),
+        (["-c", "/no/such/config.yaml"], "/no/such/config.yaml"),
+        (["--model.backbone", "no_such_net"], "no_such_net"),
+        (["--data", "CIFAR10DataModule", "--data.root", "/no/such/cifar"], "data.root"),
+        (["--model.init_args.lr_decay", "2.0"], "model.lr_decay"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key_or_path(args, named, in_tmp, capsys):
+    assert exit_code(["fit", *TINY, *csv_logger(in_tmp), *args]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_help_lists_strategies_and_model_help_shows_typed_arguments(capsys):
+    assert exit_code(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "FineTuning" in text and "FeatureExtraction" in text and "CIFAR10DataModule" in text
+    assert exit_code(["fit", "--model.help", "FineTuning"]) == 0
+    text = capsys.readouterr().out
+    assert "--model.lr_decay LR_DECAY" in text and "(type: float, default: 1.0)" in text
+
+
+def test_fit_records_config_metadata_and_test_results(in_tmp):
+    cli_main(["fit", *TINY, *csv_logger(in_tmp), "--test_after_fit", "true", "--seed_everything", "7"])
+    run = next(in_tmp.glob("csv/version_*"))
+    results = json.loads((run / "results.json").read_text())
+    assert 0 <= results["test"]["test/acc"] <= 1 and Path(results["best_checkpoint"]).exists()
+    metadata = json.loads((run / "run_metadata.json").read_text())
+    assert metadata["seed"] == 7 and len(metadata["data_fingerprint"]) == 64
+    assert metadata["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["backbone"] == "tiny_cnn"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # safe to load
+    assert checkpoint["hyper_parameters"]["backbone"] == "tiny_cnn"
+
+
+def test_early_stopping_can_be_switched_off(in_tmp):
+    cli = cli_main(
+        [
+            "-c",
+            str(CONFIGS / "digits" / "fine_tuning.yaml"),
+            "--early_stopping",
+            "null",
+            "--model.backbone",
+            "tiny_cnn",
+            "--model.pretrained",
+            "false",
+            *csv_logger(in_tmp),
+        ],
+        run=False,
+    )
+    assert cli.trainer.early_stopping_callback is None and cli.trainer.checkpoint_callback is not None
+
+
+def test_bf16_mixed_fits_on_cpu(in_tmp):
+    cli = cli_main(
+        [
+            "fit",
+            *TINY,
+            *csv_logger(in_tmp),
+            "-c",
+            str(CONFIGS / "trainer" / "bf16.yaml"),
+            "--trainer.fast_dev_run",
+            "2",
+        ]
+    )
+    assert cli.trainer.precision == "bf16-mixed"
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+def test_wandb_goes_offline_and_never_writes_the_api_key(in_tmp, monkeypatch, capsys):
+    sentinel = "sentinel-api-key-0123456789abcdef"
+    monkeypatch.setenv("WANDB_API_KEY", sentinel)
+    cli_main(
+        [
+            "fit",
+            *TINY,
+            "-c",
+            str(CONFIGS / "logger" / "wandb.yaml"),
+            "--trainer.logger.init_args.save_dir",
+            str(in_tmp / "runs"),
+            "--test_after_fit",
+            "true",
+        ]
+    )
+    files = [p for p in (in_tmp / "runs").rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in files) and any(p.suffix == ".wandb" for p in files)
+    assert not [p for p in files if sentinel.encode() in p.read_bytes()]
+    assert sentinel not in capsys.readouterr().err
