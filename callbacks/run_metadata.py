@@ -54,13 +54,13 @@ def package_versions() -> dict[str, str | None]:
 
 
 def run_metadata(trainer: Trainer) -> dict[str, Any]:
-    datamodule = trainer.datamodule
+    fingerprint = getattr(getattr(trainer, "datamodule", None), "fingerprint", None)
     seed = os.environ.get("PL_GLOBAL_SEED")
     return {
         "git": git_state(Path(__file__).resolve().parent),
         "packages": package_versions(),
         "seed": int(seed) if seed is not None else None,
-        "data_fingerprint": datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None,
+        "data_fingerprint": fingerprint() if fingerprint is not None else None,
         "platform": platform.platform(),
     }
 

@@ -98,15 +98,16 @@ class TransferCLI(LightningCLI):
             return
         fit_seconds = time.perf_counter() - self._fit_started
         checkpoint = self.trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        best, score = None, None
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:
+            best = checkpoint.best_model_path
+            score = None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
         metrics = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         if self.trainer.is_global_zero:
             results = {
                 "test": metrics[0] if metrics else {},
                 "best_checkpoint": best,
-                "best_score": float(checkpoint.best_model_score)
-                if best and checkpoint.best_model_score is not None
-                else None,
+                "best_score": score,
                 "fit_seconds": round(fit_seconds, 2),
                 "epochs": self.trainer.current_epoch,
             }

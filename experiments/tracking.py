@@ -89,11 +89,11 @@ class WandbLogger(LightningWandbLogger):
     @rank_zero_experiment
     def experiment(self) -> Any:
         try:
-            return LightningWandbLogger.experiment.fget(self)
+            return LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
         except Exception as error:  # an unreachable server must not cost the training run
             if self._offline:
                 raise
             rank_zero_warn(f"W&B could not start online ({error}); logging offline instead, sync it later.")
             self._offline = True
             self._experiment = None
-            return LightningWandbLogger.experiment.fget(self)
+            return LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]

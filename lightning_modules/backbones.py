@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -114,7 +115,10 @@ def backbone_preprocessing(name: str) -> Preprocessing:
     if library == "timm":
         cfg = timm.get_pretrained_cfg(model)
         if cfg is not None:
-            return Preprocessing(cfg.input_size[-1], tuple(cfg.mean), tuple(cfg.std), cfg.interpolation)
+            mean, std = cfg.mean, cfg.std
+            return Preprocessing(
+                cfg.input_size[-1], (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]), cfg.interpolation
+            )
     return Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
 
 
@@ -143,7 +147,7 @@ def read_state_dict(path: str | Path) -> StateDict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        state: Any = load_file(str(path))
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -182,7 +186,7 @@ def load_weights(backbone: Backbone, path: str | Path) -> None:
 class TimmBackbone(Backbone):
     """Any timm model; its classifier is kept (frozen) as `pretrained_head()`, features are pre-logits."""
 
-    def __init__(self, model: nn.Module, preprocessing: Preprocessing, rename: Callable | None = None):
+    def __init__(self, model: Any, preprocessing: Preprocessing, rename: Callable | None = None):
         super().__init__()
         self.model = model
         self.num_features = model.num_features
@@ -303,7 +307,7 @@ _EFFICIENTNET_TOP = {
 }
 
 
-def rename_efficientnet_pytorch(state_dict: StateDict, model: nn.Module) -> StateDict:
+def rename_efficientnet_pytorch(state_dict: StateDict, model: Any) -> StateDict:
     """EfficientNet-PyTorch keys (`_blocks.N._bn1.weight`, flat block index) -> timm keys
     (`blocks.S.I.bn2.weight`, stage and index within the stage, taken from the timm model)."""
     block_names = [f"{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.backbones import create_backbone
@@ -54,12 +54,14 @@ class TransferModule(LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if num_classes < 2:
             raise ValueError(f"model.num_classes must be at least 2, got {num_classes}")
+        self.backbone_name = backbone
+        self.label_smoothing = label_smoothing
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights)
         head = nn.Linear(self.backbone.num_features, num_classes)
         self.head = nn.Sequential(nn.Dropout(head_dropout), head) if head_dropout > 0 else head
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+        metrics: dict[str, Metric | MetricCollection] = {"acc": MulticlassAccuracy(num_classes, average="micro")}
         if num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         collection = MetricCollection(metrics)
@@ -85,7 +87,7 @@ class TransferModule(LightningModule):
 
     def compute_loss(self, batch: Batch, stage: str) -> dict[str, Tensor]:
         logits = self(batch)
-        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
         return {"loss": loss, "logits": logits}
 
     def train(self, mode: bool = True) -> TransferModule:
@@ -158,6 +160,7 @@ class TransferModule(LightningModule):
 
     def _scheduler_config(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         factory = self.scheduler_factory
+        assert factory is not None
         kwargs = {"total_steps": int(self.trainer.estimated_stepping_batches)} if _wants_total_steps(factory) else {}
         scheduler = factory(optimizer, **kwargs)
         if isinstance(scheduler, ReduceLROnPlateau):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
@@ -36,15 +38,15 @@ class FeatureExtraction(TransferModule):
             backbone, num_classes, pretrained, weights, head_dropout, label_smoothing, optimizer, lr_scheduler
         )
         self.backbone.requires_grad_(False)
+        self.cache_features = cache_features
+        self.feature_cache_dir = feature_cache_dir
 
     def setup(self, stage: str) -> None:
-        if self.hparams.cache_features and stage == "fit":
-            datamodule = self.trainer.datamodule
+        if self.cache_features and stage == "fit":
+            datamodule: Any = getattr(self.trainer, "datamodule", None)
             if not hasattr(datamodule, "set_input_encoder"):
                 raise ValueError("model.cache_features needs a TransferDataModule (it provides set_input_encoder)")
-            encoder = FeatureEncoder(
-                self.backbone, self.hparams.backbone, datamodule.fingerprint, self.hparams.feature_cache_dir
-            )
+            encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
             datamodule.set_input_encoder(encoder)
 
     def param_groups(self) -> list[ParamGroup]:

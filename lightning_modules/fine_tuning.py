@@ -45,6 +45,8 @@ class FineTuning(TransferModule):
             for group in groups[: len(groups) - trainable_groups]:
                 for param in group:
                     param.requires_grad_(False)
+        self.head_lr = head_lr
+        self.lr_decay = lr_decay
         if not 0 < lr_decay <= 1:
             raise ValueError(f"model.lr_decay must be in (0, 1], got {lr_decay}")
 
@@ -58,11 +60,11 @@ class FineTuning(TransferModule):
             {
                 "name": f"backbone.{i}",
                 "params": [p for p in group if p.requires_grad],
-                "lr_scale": self.hparams.lr_decay ** (len(groups) - 1 - i),
+                "lr_scale": self.lr_decay ** (len(groups) - 1 - i),
             }
             for i, group in enumerate(groups)
         ]
         head: ParamGroup = {"name": "head", "params": list(self.head.parameters())}
-        if self.hparams.head_lr is not None:
-            head["lr"] = self.hparams.head_lr
+        if self.head_lr is not None:
+            head["lr"] = self.head_lr
         return [*result, head]

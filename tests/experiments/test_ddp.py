@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import CONFIGS
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_process_cpu_ddp_ranks_end_with_identical_parameters(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    args = [
+        sys.executable, "-m", "experiments.cli", "fit",
+        "--model", "FineTuning", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
+        "--data", "SyntheticDataModule", "--data.num_samples", "128",
+        "-c", str(CONFIGS / "trainer" / "ddp_cpu2.yaml"),
+        "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.max_epochs", "2",
+        "--trainer.callbacks+", "rank_weights.SaveRankParameters",
+        "--trainer.callbacks.directory", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and len(rank0) > 0
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    saved = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[name], rank0[name]) for name in rank0)  # last.ckpt holds the final weights
