@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.datasets import FeatureDataset, ImageDataset, collate_batched
+from datamodules.samplers import EpochSeededRandomSampler
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
 from datamodules.transforms import Preprocessing, image_transform
 
@@ -152,7 +153,7 @@ class TransferDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededRandomSampler(dataset) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
         )
@@ -231,4 +232,5 @@ class TransferDataModule(L.LightningDataModule):
             self._features[split] = features.detach().cpu()
         dataset = FeatureDataset(self._features[split], samples.labels)
         # In memory already: worker processes would only add start-up time.
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_batched)
+        sampler = EpochSeededRandomSampler(dataset) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_batched)

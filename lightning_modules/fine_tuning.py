@@ -12,8 +12,9 @@ class FineTuning(TransferModule):
     """Train the backbone with the head. With `pretrained: false` this is training from scratch.
 
     Args:
-        trainable_groups: Train only the top k of `backbone.layer_groups()`; the rest stay frozen
-            (eval mode, out of the optimizer). None trains all of them.
+        trainable_groups: Train only the top k of `backbone.layer_groups()`; the rest stay frozen (eval
+            mode, no gradient). Every group is in the optimizer from step 0, frozen ones without state, so
+            schedulers and `callbacks.GradualUnfreezing` see one fixed set of groups. None trains all.
         head_lr: Learning rate of the head; None uses the optimizer's lr.
         lr_decay: Layer-wise decay: the group at depth d from the top gets lr * lr_decay**d (ULMFiT,
             Howard & Ruder 2018, use 1/2.6); 1.0 gives every group the optimizer's lr.
@@ -59,7 +60,7 @@ class FineTuning(TransferModule):
         result = [
             {
                 "name": f"backbone.{i}",
-                "params": [p for p in group if p.requires_grad],
+                "params": list(group),  # frozen ones too: no gradient, so no state and no update
                 "lr_scale": self.lr_decay ** (len(groups) - 1 - i),
             }
             for i, group in enumerate(groups)

@@ -76,8 +76,10 @@ def test_fine_tuning_top_k_groups_freezes_the_rest_and_keeps_their_statistics():
     fit.fit(model, datamodule=data())
     assert all(torch.equal(lower_stats[k], v) for k, v in bn_state(lower).items())
     assert not all(torch.equal(upper_stats[k], v) for k, v in bn_state(upper).items()), "trained group's BN must update"
-    names = [g["name"] for g in fit.optimizers[0].param_groups]
-    assert names == ["backbone.1", "head"]
+    optimizer = fit.optimizers[0]
+    assert [g["name"] for g in optimizer.param_groups] == ["backbone.0", "backbone.1", "head"]  # fixed set of groups
+    assert not any(p in optimizer.state for p in lower.parameters()), "a frozen group has no optimizer state"
+    assert all(p in optimizer.state for p in upper.parameters())
 
 
 def test_fine_tuning_rejects_out_of_range_groups():
