@@ -1,5 +1,6 @@
 """Callbacks for what Lightning lacks."""
 
+from callbacks.gradual_unfreezing import GradualUnfreezing
 from callbacks.run_metadata import RunMetadata
 
-__all__ = ["RunMetadata"]
+__all__ = ["GradualUnfreezing", "RunMetadata"]

@@ -21,6 +21,7 @@ from experiments.cli import CONFIGS
 ARMS = {
     "feature extraction (cached)": CONFIGS / "digits" / "feature_extraction.yaml",
     "fine-tuning": CONFIGS / "digits" / "fine_tuning.yaml",
+    "gradual unfreezing": CONFIGS / "digits" / "gradual_unfreezing.yaml",
     "from scratch": CONFIGS / "digits" / "scratch.yaml",
 }
 

@@ -11,7 +11,7 @@ from experiments.cli import CONFIGS
 pytestmark = pytest.mark.slow
 
 
-def test_two_process_cpu_ddp_ranks_end_with_identical_parameters(tmp_path):
+def ddp_fit(tmp_path, *extra):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     args = [
         sys.executable, "-m", "experiments.cli", "fit",
@@ -22,12 +22,30 @@ def test_two_process_cpu_ddp_ranks_end_with_identical_parameters(tmp_path):
         "--trainer.max_epochs", "2",
         "--trainer.callbacks+", "rank_weights.SaveRankParameters",
         "--trainer.callbacks.directory", str(tmp_path),
+        *extra,
     ]  # fmt: skip
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def test_two_process_cpu_ddp_ranks_end_with_identical_parameters(tmp_path):
+    rank0, rank1 = ddp_fit(tmp_path)
     assert rank0.keys() == rank1.keys() and len(rank0) > 0
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     saved = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), weights_only=True)["state_dict"]
     assert all(torch.equal(saved[name], rank0[name]) for name in rank0)  # last.ckpt holds the final weights
+
+
+def test_gradual_unfreezing_under_ddp_keeps_ranks_identical(tmp_path):
+    # Groups frozen when DDP wraps the model are outside its reducer: the callback must average them.
+    rank0, rank1 = ddp_fit(
+        tmp_path,
+        "--trainer.callbacks+", "callbacks.GradualUnfreezing",
+        "--trainer.callbacks.unit", "step", "--trainer.callbacks.epochs_per_stage", "2",
+    )  # fmt: skip
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    start = torch.load(tmp_path / "start_rank0.pt", weights_only=True)
+    assert not torch.equal(start["backbone.block1.0.weight"], rank0["backbone.block1.0.weight"]), "never unfrozen"
