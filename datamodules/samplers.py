@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import RandomSampler
@@ -15,7 +16,7 @@ class EpochSeededRandomSampler(RandomSampler):
     `RandomSampler` with a `DistributedSampler` seeded the same way (the training seed, `PL_GLOBAL_SEED`).
     """
 
-    def __init__(self, data_source: Sized, seed: int | None = None):
+    def __init__(self, data_source: Any, seed: int | None = None):
         super().__init__(data_source)
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
         self.epoch = 0

@@ -8,6 +8,7 @@ always loaded first; experiment files and `-c` pieces stack on it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict
@@ -44,6 +45,7 @@ class SaveConfigToLogger(SaveConfigCallback):
 class TransferCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
         defaults = {"default_config_files": [str(DEFAULTS)]}
+        self._with_subcommands = run
         super().__init__(
             TransferModule,
             TransferDataModule,
@@ -69,6 +71,9 @@ class TransferCLI(LightningCLI):
             default=False,
             help="After `fit`, test the best checkpoint and write results.json into the run directory.",
         )
+        if not self._with_subcommands:
+            # defaults.yaml sets the subcommands' `weights_only`; with run=False the caller loads checkpoints.
+            parser.add_argument("--weights_only", type=bool | None, default=True, help=argparse.SUPPRESS)
         parser.link_arguments(
             "model.init_args.backbone",
             "data.init_args.preprocessing",

@@ -1,11 +1,24 @@
-"""Fine-tuning: full, or the top k layer groups, with a separate head rate and layer-wise decay."""
+"""Fine-tuning: full, or the top k layer groups, with a separate head rate, layer-wise decay, a BatchNorm
+policy and LP-FT (a linear-probed head before fine-tuning)."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from lightning_modules.base import ParamGroup, TransferModule
+from lightning_modules.feature_cache import FeatureEncoder
+from lightning_modules.linear_probe import fit_linear_probe
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def batch_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, BATCH_NORMS)]
 
 
 class FineTuning(TransferModule):
@@ -18,6 +31,13 @@ class FineTuning(TransferModule):
         head_lr: Learning rate of the head; None uses the optimizer's lr.
         lr_decay: Layer-wise decay: the group at depth d from the top gets lr * lr_decay**d (ULMFiT,
             Howard & Ruder 2018, use 1/2.6); 1.0 gives every group the optimizer's lr.
+        bn_policy: BatchNorm layers of trained groups: `train` updates their running statistics, `eval`
+            keeps the pretrained statistics (affine parameters still train), `freeze` keeps both.
+            Frozen groups always behave as `freeze`.
+        head_init: `linear_probe` fits the head on the frozen backbone's features of the un-augmented
+            training set before fine-tuning starts (LP-FT, Kumar et al., ICLR 2022); `random` does not.
+        probe_l2: L2 penalty of that linear probe.
+        feature_cache_dir: Where the probe's features persist between runs; None keeps them in memory.
     """
 
     def __init__(
@@ -33,6 +53,10 @@ class FineTuning(TransferModule):
         trainable_groups: int | None = None,
         head_lr: float | None = None,
         lr_decay: float = 1.0,
+        bn_policy: Literal["train", "eval", "freeze"] = "train",
+        head_init: Literal["random", "linear_probe"] = "random",
+        probe_l2: float = 1e-3,
+        feature_cache_dir: str | None = None,
     ):
         super().__init__(
             backbone, num_classes, pretrained, weights, head_dropout, label_smoothing, optimizer, lr_scheduler
@@ -50,6 +74,37 @@ class FineTuning(TransferModule):
         self.lr_decay = lr_decay
         if not 0 < lr_decay <= 1:
             raise ValueError(f"model.lr_decay must be in (0, 1], got {lr_decay}")
+        self.bn_policy = bn_policy
+        self.head_init = head_init
+        self.probe_l2 = probe_l2
+        self.feature_cache_dir = feature_cache_dir
+        self.train()
+
+    def train(self, mode: bool = True) -> FineTuning:
+        if self.bn_policy == "freeze":
+            for norm in batch_norms(self.backbone):
+                norm.requires_grad_(False)
+        super().train(mode)  # modules with only frozen parameters (frozen BN included) go to eval mode
+        if mode and self.bn_policy == "eval":
+            for norm in batch_norms(self.backbone):
+                norm.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        # LP-FT's first step; skipped on resume, where the checkpoint already holds the head.
+        if self.head_init == "linear_probe" and self.trainer.ckpt_path is None:
+            datamodule: Any = getattr(self.trainer, "datamodule", None)
+            if not hasattr(datamodule, "eval_dataloader"):
+                raise ValueError(
+                    "model.head_init=linear_probe needs a TransferDataModule (it provides eval_dataloader)"
+                )
+            loader = datamodule.eval_dataloader("train")
+            encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
+            linear = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
+            assert isinstance(linear, nn.Linear)
+            labels = getattr(loader.dataset, "labels")  # noqa: B009  (ImageDataset contract; mypy sees a Dataset)
+            accuracy = fit_linear_probe(linear, encoder("train", loader), labels, l2=self.probe_l2)
+            rank_zero_info(f"LP-FT: linear probe fitted on frozen features, train accuracy {accuracy:.3f}")
 
     def param_groups(self) -> list[ParamGroup]:
         groups = self.backbone.layer_groups()

@@ -135,7 +135,7 @@ def train(tmp_path, recorder, stop_after=None, ckpt_path=None, scheduler=None):
         GradualUnfreezing(epochs_per_stage=1), recorder, checkpoint, *stop, max_epochs=4, enable_checkpointing=True
     )
     module = model(lr_scheduler=scheduler)
-    fit.fit(module, datamodule=data(), ckpt_path=ckpt_path)
+    fit.fit(module, datamodule=data(), ckpt_path=ckpt_path, weights_only=True)
     return module, fit
 
 

@@ -119,6 +119,9 @@ def test_fit_records_config_metadata_and_test_results(in_tmp):
     assert (run / "checkpoints" / "last.ckpt").exists()
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # safe to load
     assert checkpoint["hyper_parameters"]["backbone"] == "tiny_cnn"
+    resumed = cli_main(["fit", *TINY, *csv_logger(in_tmp), "--trainer.max_epochs", "3",
+                        "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])  # fmt: skip
+    assert resumed.config.fit.weights_only is True and resumed.trainer.current_epoch == 3
 
 
 def test_early_stopping_can_be_switched_off(in_tmp):
