@@ -12,7 +12,6 @@ from torchvision.io import encode_jpeg
 from datamodules import CIFAR10DataModule, Preprocessing
 from datamodules.cifar10 import CIFAR10_CLASSES
 
-SHARED_DATA = Path(__file__).parents[2].parent / "shared" / "data"
 SMALL = Preprocessing(image_size=32)
 
 
@@ -122,8 +121,8 @@ def test_failed_download_says_to_pass_data_root(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_cifar10_jpeg_archive(monkeypatch):
-    archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
+def test_real_cifar10_jpeg_archive(monkeypatch, shared):
+    archive = shared / "data" / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
         pytest.skip(f"{archive} not available")
     monkeypatch.undo()  # the default cache, so later runs reuse the extraction
