@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.datasets import CIFAR10
@@ -12,7 +13,6 @@ from datamodules.base import TransferDataModule
 from datamodules.cache import cache_root
 from datamodules.datasets import ImageDataset, TensorImageDataset
 from datamodules.image_folder import ImageFolderDataset, scan_image_folder
-from datamodules.transforms import Preprocessing
 
 # torchvision's CIFAR10.classes order; the folder names sort into the same order.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -30,43 +30,10 @@ class CIFAR10DataModule(TransferDataModule):
         root: A folder with `train/<class>/` and `test/<class>/`, a .tar.gz of such a folder (extracted
             once into the cache), or a torchvision CIFAR-10 root; None: torchvision batches in the cache.
         download: Let torchvision download the binary batches when they are missing (needs internet).
-        batch_size: Samples per batch.
-        num_workers: DataLoader worker processes (0 loads in the main process).
-        val_fraction: Fraction of the (capped) training pool held out, stratified, for validation.
-        seed: Data seed for the per-class cap and the validation split (independent of the training seed).
-        augment: Random crop and horizontal flip on the training split.
-        image_size: Side of the square model input; None uses `preprocessing.image_size`.
-        preprocessing: Resolution, mean/std and interpolation the backbone expects (linked from the model).
-        train_per_class: Cap on images per class in the training pool (balanced, chosen with `seed`).
-        max_per_class: Same as `train_per_class`; give either.
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        download: bool = True,
-        batch_size: int = 64,
-        num_workers: int = 2,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = None,
-        preprocessing: Preprocessing | None = None,
-        train_per_class: int | None = None,
-        max_per_class: int | None = None,
-    ):
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            augment=augment,
-            image_size=image_size,
-            preprocessing=preprocessing,
-            train_per_class=train_per_class,
-            max_per_class=max_per_class,
-        )
+    def __init__(self, root: str | None = None, download: bool = True, **kwargs: Any):
+        super().__init__(root=root, **kwargs)
         self.download = download
 
     @property

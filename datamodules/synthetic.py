@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -19,16 +21,9 @@ class SyntheticDataModule(TransferDataModule):
         num_classes: Number of classes.
         num_samples: Images in the training pool (split into train and val).
         num_test_samples: Images in the test split; None: as many as `num_samples`.
-        root: Unused; kept so configs can swap datamodules.
         batch_size: Samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
-        val_fraction: Fraction of the (capped) training pool held out, stratified, for validation.
-        seed: Seed for the images, the per-class cap and the validation split.
-        augment: Random crop and horizontal flip on the training split.
-        image_size: Side of the square model input; None uses `preprocessing.image_size` (16 by default).
-        preprocessing: Resolution, mean/std and interpolation the backbone expects (linked from the model).
-        train_per_class: Cap on images per class in the training pool (balanced, chosen with `seed`).
-        max_per_class: Same as `train_per_class`; give either.
+        val_fraction: Fraction of the training pool held out, stratified, for validation.
     """
 
     uses_root = False
@@ -39,16 +34,10 @@ class SyntheticDataModule(TransferDataModule):
         num_classes: int = 4,
         num_samples: int = 64,
         num_test_samples: int | None = None,
-        root: str | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
         val_fraction: float = 0.25,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = None,
-        preprocessing: Preprocessing | None = None,
-        train_per_class: int | None = None,
-        max_per_class: int | None = None,
+        **kwargs: Any,
     ):
         if num_classes < 2:
             raise ValueError(f"data.num_classes must be >= 2, got {num_classes}")
@@ -56,18 +45,7 @@ class SyntheticDataModule(TransferDataModule):
             raise ValueError(f"data.num_samples must be >= data.num_classes ({num_classes}), got {num_samples}")
         if num_test_samples is not None and num_test_samples < 1:
             raise ValueError(f"data.num_test_samples must be >= 1 or null, got {num_test_samples}")
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            augment=augment,
-            image_size=image_size,
-            preprocessing=preprocessing,
-            train_per_class=train_per_class,
-            max_per_class=max_per_class,
-        )
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, **kwargs)
         self._num_classes = num_classes
         self.num_samples = num_samples
         self.num_test_samples = num_test_samples if num_test_samples is not None else num_samples

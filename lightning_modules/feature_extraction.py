@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-
 from lightning_modules.base import ParamGroup, TransferModule
 from lightning_modules.feature_cache import FeatureEncoder
 
@@ -23,20 +20,11 @@ class FeatureExtraction(TransferModule):
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
-        num_classes: int = 10,
-        pretrained: bool = True,
-        weights: str | None = None,
-        head_dropout: float = 0.0,
-        label_smoothing: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
         cache_features: bool = False,
         feature_cache_dir: str | None = None,
+        **kwargs: Any,
     ):
-        super().__init__(
-            backbone, num_classes, pretrained, weights, head_dropout, label_smoothing, optimizer, lr_scheduler
-        )
+        super().__init__(**kwargs)
         self.backbone.requires_grad_(False)
         self.cache_features = cache_features
         self.feature_cache_dir = feature_cache_dir

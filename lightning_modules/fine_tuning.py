@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -42,14 +40,6 @@ class FineTuning(TransferModule):
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
-        num_classes: int = 10,
-        pretrained: bool = True,
-        weights: str | None = None,
-        head_dropout: float = 0.0,
-        label_smoothing: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
         trainable_groups: int | None = None,
         head_lr: float | None = None,
         lr_decay: float = 1.0,
@@ -57,15 +47,15 @@ class FineTuning(TransferModule):
         head_init: Literal["random", "linear_probe"] = "random",
         probe_l2: float = 1e-3,
         feature_cache_dir: str | None = None,
+        **kwargs: Any,
     ):
-        super().__init__(
-            backbone, num_classes, pretrained, weights, head_dropout, label_smoothing, optimizer, lr_scheduler
-        )
+        super().__init__(**kwargs)
         groups = self.backbone.layer_groups()
         if trainable_groups is not None:
             if not 0 <= trainable_groups <= len(groups):
                 raise ValueError(
-                    f"model.trainable_groups must be in [0, {len(groups)}] for {backbone}, got {trainable_groups}"
+                    f"model.trainable_groups must be in [0, {len(groups)}] for backbone {self.backbone_name}, "
+                    f"got {trainable_groups}"
                 )
             for group in groups[: len(groups) - trainable_groups]:
                 for param in group:

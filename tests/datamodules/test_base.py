@@ -291,7 +291,7 @@ def test_cli_signature_has_descriptions_and_parses_preprocessing():
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(SyntheticDataModule, "data")
     help_text = parser.format_help()
-    assert "Cap on images per class" in help_text and "Seed for the images" in help_text
+    assert "Cap on images per class" in help_text and "Data seed for the per-class cap" in help_text
     cfg = parser.parse_args(["--data.preprocessing.image_size=8", "--data.max_per_class=3"])
     dm = parser.instantiate(cfg).data
     assert isinstance(dm, SyntheticDataModule) and dm.image_size == 8 and dm.train_per_class == 3
