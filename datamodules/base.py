@@ -47,6 +47,8 @@ class TransferDataModule(L.LightningDataModule):
         preprocessing: Resolution, mean/std and interpolation the backbone expects (linked from the model).
         train_per_class: Cap on images per class in the training pool (balanced, chosen with `seed`).
         max_per_class: Same as `train_per_class` (the ImageNet-subset name); give either.
+        test_per_class: Cap on test images per class (balanced, chosen with `seed`) for quicker evaluation;
+            None tests on the whole test split.
     """
 
     flip: ClassVar[bool] = True
@@ -65,6 +67,7 @@ class TransferDataModule(L.LightningDataModule):
         preprocessing: Preprocessing | None = None,
         train_per_class: int | None = None,
         max_per_class: int | None = None,
+        test_per_class: int | None = None,
     ):
         super().__init__()
         _require(batch_size >= 1, "batch_size", batch_size, ">= 1")
@@ -72,7 +75,12 @@ class TransferDataModule(L.LightningDataModule):
         _require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "in (0, 1)")
         _require(seed >= 0, "seed", seed, ">= 0")
         _require(image_size is None or image_size >= 1, "image_size", image_size, ">= 1 or null")
-        for key, cap in (("train_per_class", train_per_class), ("max_per_class", max_per_class)):
+        caps = (
+            ("train_per_class", train_per_class),
+            ("max_per_class", max_per_class),
+            ("test_per_class", test_per_class),
+        )
+        for key, cap in caps:
             _require(cap is None or cap >= 1, key, cap, ">= 1 or null")
         if train_per_class is not None and max_per_class is not None and train_per_class != max_per_class:
             raise ValueError(
@@ -90,6 +98,7 @@ class TransferDataModule(L.LightningDataModule):
         self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing
         self.image_size = image_size if image_size is not None else self.preprocessing.image_size
         self.train_per_class = train_per_class if train_per_class is not None else max_per_class
+        self.test_per_class = test_per_class
         self.datasets: dict[str, Dataset] = {}
         self._samples: dict[str, ImageDataset] = {}  # split -> samples without transform
         self._fingerprints: dict[str, str] = {}
@@ -135,6 +144,7 @@ class TransferDataModule(L.LightningDataModule):
         validate_labels(pool.labels, self.num_classes, "train")
         validate_labels(test.labels, self.num_classes, "test")
         pool = pool.subset(cap_per_class(pool.labels.numpy(), self.train_per_class, self.seed))
+        test = test.subset(cap_per_class(test.labels.numpy(), self.test_per_class, self.seed))
         train_idx, val_idx = stratified_split(pool.labels.numpy(), self.val_fraction, self.seed)
         self._samples = {"train": pool.subset(train_idx), "val": pool.subset(val_idx), "test": test}
         train_tf, eval_tf = self.transform(train=True), self.transform(train=False)

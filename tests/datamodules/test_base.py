@@ -308,3 +308,13 @@ def test_shuffle_order_depends_on_seed_and_epoch_only():
     assert sorted(first) == list(range(50))
     again.set_epoch(3)
     assert list(first) != list(again)
+
+
+def test_test_split_cap_is_balanced_and_leaves_train_alone():
+    full, capped = make(), make(test_per_class=3)
+    capped.setup()
+    assert counts(capped, "test") == [3] * 4
+    assert capped.fingerprint("train") == full.fingerprint("train")
+    assert capped.fingerprint("test") != full.fingerprint("test")
+    with pytest.raises(ValueError, match="data.test_per_class"):
+        make(test_per_class=0)
