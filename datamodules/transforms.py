@@ -13,7 +13,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Input contract of a vision backbone: resolution, normalisation and resize interpolation.
+    """Input contract of a backbone: resolution, normalisation and resize interpolation for images; the
+    tokenizer for text.
 
     Linked at parse time from `model.backbone` into `data.preprocessing` (a pure lookup, no files),
     so the data always matches the model without being written twice.
@@ -23,6 +24,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    tokenizer: str | None = None  # text backbones: the tokenizer name or local path (AutoTokenizer)
 
 
 def image_transform(
