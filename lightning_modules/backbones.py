@@ -4,7 +4,8 @@ Every backbone is an `nn.Module` with `num_features`, `forward(images) -> [B, nu
 features), `layer_groups()` (parameter groups from input to output, for freezing and layer-wise learning
 rates), `preprocessing` (what its inputs must look like) and `pretrained_head()` (the classifier it was
 trained with, if any). Names are looked up in the registry first (`@register_backbone`), then in timm,
-then in torchvision; `timm:<name>` / `torchvision:<name>` pick a library explicitly.
+then in torchvision; `timm:<name>` / `torchvision:<name>` pick a library explicitly and `hf:<name or
+path>` loads any transformers encoder (text backbones take the tokenized batch dict instead of images).
 """
 
 from __future__ import annotations
@@ -101,9 +102,12 @@ def _library_for(name: str) -> tuple[str, str]:
         return "timm", model
     if library in (None, "torchvision") and model in torchvision.models.list_models():
         return "torchvision", model
+    if library == "hf":  # any transformers encoder, by hub name or local folder
+        return "hf", model
     raise ValueError(
         f"unknown backbone {name!r}: not registered ({', '.join(registered_backbones())}) and not a timm "
-        "or torchvision model name (prefix `timm:` or `torchvision:` to choose a library)"
+        "or torchvision model name (prefix `timm:` or `torchvision:` to choose a library, `hf:` for a "
+        "transformers encoder)"
     )
 
 
@@ -112,6 +116,8 @@ def backbone_preprocessing(name: str) -> Preprocessing:
     if name in _REGISTRY:
         return _REGISTRY[name].preprocessing
     library, model = _library_for(name)
+    if library == "hf":
+        return Preprocessing(tokenizer=model)
     if library == "timm":
         cfg = timm.get_pretrained_cfg(model)
         if cfg is not None:
@@ -128,8 +134,13 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
         backbone = _REGISTRY[name].build(pretrained and weights is None)
     else:
         library, model = _library_for(name)
-        wrapper = TimmBackbone if library == "timm" else TorchvisionBackbone
-        backbone = wrapper.create(model, pretrained and weights is None, backbone_preprocessing(name))
+        if library == "hf":
+            from lightning_modules.text_backbones import load_encoder
+
+            backbone = load_encoder(model, pretrained and weights is None, "cls")
+        else:
+            wrapper = TimmBackbone if library == "timm" else TorchvisionBackbone
+            backbone = wrapper.create(model, pretrained and weights is None, backbone_preprocessing(name))
     if weights is not None:
         load_weights(backbone, weights)
     return backbone
@@ -357,4 +368,4 @@ for _variant in (0, 1, 2):
     )
 
 # Architectures written in this project register themselves on import.
-from lightning_modules import cifar_resnet, tiny_backbones  # noqa: E402, F401
+from lightning_modules import cifar_resnet, text_backbones, tiny_backbones  # noqa: E402, F401

@@ -77,10 +77,11 @@ class TransferModule(LightningModule):
     def features(self, batch: Batch) -> Tensor:
         if "features" in batch:  # precomputed by the feature cache
             return batch["features"]
+        inputs = batch.get("pixel_values", batch)  # text backbones take the whole tokenized dict
         if self.backbone_is_frozen():
             with torch.no_grad():
-                return self.backbone(batch["pixel_values"])
-        return self.backbone(batch["pixel_values"])
+                return self.backbone(inputs)
+        return self.backbone(inputs)
 
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.features(batch))
