@@ -131,6 +131,16 @@ class TransferDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     @property
+    def metrics(self) -> list[str]:
+        """Official metrics of this data (the model logs them and their mean as `score`)."""
+        return ["acc"]
+
+    @property
+    def val_names(self) -> list[str]:
+        """One name per validation set (suffixes of the metric names); a single unnamed set here."""
+        return [""]
+
+    @property
     def max_per_class(self) -> int | None:
         return self.train_per_class
 

@@ -80,7 +80,8 @@ class TransferCLI(LightningCLI):
             compute_fn=preprocessing_of,
             apply_on="parse",
         )
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        for attribute in ("num_classes", "metrics", "val_names"):  # what the data says about its task
+            parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
 
     def instantiate_classes(self) -> None:
         try:

@@ -15,10 +15,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.backbones import create_backbone
+from lightning_modules.metrics import TaskMetrics
 
 Batch = dict[str, Tensor]
 ParamGroup = dict[str, Any]
@@ -28,8 +27,11 @@ class TransferModule(LightningModule):
     """Base of every strategy.
 
     Args:
-        backbone: Registered backbone name, or any timm / torchvision model name.
-        num_classes: Number of target classes (linked from the datamodule by the CLI).
+        backbone: Registered backbone name, any timm / torchvision model name, or `hf:<transformers encoder>`.
+        num_classes: Number of target classes, 1 for regression (linked from the datamodule by the CLI).
+        metrics: The task's official metrics (`lightning_modules.metrics.METRICS`); `score` is their mean.
+            Linked from the datamodule; None: accuracy.
+        val_names: Names of the validation sets, suffixes of their metrics (MNLI: `m`, `mm`); linked.
         pretrained: Start from the backbone's pretrained weights (an error if they cannot be obtained).
         weights: A local weights file for the backbone; wins over `pretrained`.
         head_dropout: Dropout before the linear head.
@@ -48,12 +50,14 @@ class TransferModule(LightningModule):
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
+        metrics: list[str] | None = None,
+        val_names: list[str] | None = None,
     ):
         super().__init__()
         # Callables are not checkpoint data (and would break weights_only loading); the CLI config holds them.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if num_classes < 2:
-            raise ValueError(f"model.num_classes must be at least 2, got {num_classes}")
+        if num_classes < 1:
+            raise ValueError(f"model.num_classes must be at least 1 (1 = regression), got {num_classes}")
         self.backbone_name = backbone
         self.label_smoothing = label_smoothing
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights)
@@ -61,13 +65,14 @@ class TransferModule(LightningModule):
         self.head = nn.Sequential(nn.Dropout(head_dropout), head) if head_dropout > 0 else head
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        metrics: dict[str, Metric | MetricCollection] = {"acc": MulticlassAccuracy(num_classes, average="micro")}
-        if num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-        collection = MetricCollection(metrics)
-        self.train_metrics = collection.clone(prefix="train/")
-        self.val_metrics = collection.clone(prefix="val/")
-        self.test_metrics = collection.clone(prefix="test/")
+        self.regression = num_classes == 1
+        official = metrics or (["pearson", "spearman"] if self.regression else ["acc"])
+        extras = ["acc_top5"] if "acc" in official and num_classes > 5 else []
+        self.val_names = val_names or [""]
+        # One TaskMetrics per evaluation set (attributes, not a ModuleDict: `train` is an nn.Module method).
+        self.train_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras)])
+        self.val_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras) for _ in self.val_names])
+        self.test_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras) for _ in self.val_names])
 
     # ------------------------------------------------------------------------------------ forward
 
@@ -88,7 +93,10 @@ class TransferModule(LightningModule):
 
     def compute_loss(self, batch: Batch, stage: str) -> dict[str, Tensor]:
         logits = self(batch)
-        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
+        if self.regression:
+            loss = F.mse_loss(logits.squeeze(-1).float(), batch["labels"].float())
+        else:
+            loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
         return {"loss": loss, "logits": logits}
 
     def train(self, mode: bool = True) -> TransferModule:
@@ -109,37 +117,64 @@ class TransferModule(LightningModule):
 
     # ------------------------------------------------------------------------------------- steps
 
-    def _step(self, batch: Batch, stage: str) -> Tensor:
+    def _suffix(self, stage: str, dataloader_idx: int) -> str:
+        name = self.val_names[dataloader_idx] if stage != "train" else ""
+        return f"_{name}" if name else ""
+
+    def _step(self, batch: Batch, stage: str, dataloader_idx: int = 0) -> Tensor:
         out = self.compute_loss(batch, stage)
         on_step = stage == "train"
-        batch_size = len(batch["labels"])
+        suffix = self._suffix(stage, dataloader_idx)
         for name, value in out.items():
             if name != "logits":
                 self.log(
-                    f"{stage}/{name}",
+                    f"{stage}/{name}{suffix}",
                     value,
                     on_step=on_step,
                     on_epoch=not on_step,
-                    batch_size=batch_size,
+                    batch_size=len(batch["labels"]),
                     prog_bar=name == "loss",
                     sync_dist=not on_step,
+                    add_dataloader_idx=False,
                 )
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(out["logits"].detach(), batch["labels"])
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=stage == "val")
+        getattr(self, f"{stage}_metrics")[dataloader_idx].update(out["logits"], batch["labels"])
         return out["loss"]
+
+    def _log_metrics(self, stage: str) -> None:
+        """Compute (synchronised across ranks by torchmetrics), log and reset each set's metrics;
+        `{stage}/score` is the mean over the sets."""
+        scores = []
+        for index, metrics in enumerate(getattr(self, f"{stage}_metrics")):
+            values = metrics.compute()
+            suffix = self._suffix(stage, index)
+            for name, value in values.items():
+                if name != "score" or suffix:
+                    self.log(f"{stage}/{name}{suffix}", value, prog_bar=stage == "val" and name == "score")
+            scores.append(values["score"])
+            metrics.reset()
+        self.log(f"{stage}/score", torch.stack(scores).mean(), prog_bar=stage == "val")
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "test", dataloader_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self(batch).softmax(-1)
+        outputs = self(batch)
+        return outputs.squeeze(-1) if self.regression else outputs.softmax(-1)
 
     # ------------------------------------------------------------------------------- optimization
 
