@@ -3,13 +3,17 @@
 from datamodules.base import TransferDataModule
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.digits import DigitsDataModule
+from datamodules.glue import GLUEDataModule
 from datamodules.synthetic import SyntheticDataModule
+from datamodules.text import TextDataModule
 from datamodules.transforms import Preprocessing
 
 __all__ = [
     "CIFAR10DataModule",
     "DigitsDataModule",
+    "GLUEDataModule",
     "Preprocessing",
     "SyntheticDataModule",
+    "TextDataModule",
     "TransferDataModule",
 ]

@@ -15,12 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from callbacks.run_metadata import RunMetadata
-from datamodules.base import TransferDataModule
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
 
@@ -48,7 +47,7 @@ class TransferCLI(LightningCLI):
         self._with_subcommands = run
         super().__init__(
             TransferModule,
-            TransferDataModule,
+            LightningDataModule,  # vision datamodules share TransferDataModule, text ones TextDataModule
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=SaveConfigToLogger,
