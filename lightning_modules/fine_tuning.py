@@ -31,7 +31,8 @@ class FineTuning(TransferModule):
             Howard & Ruder 2018, use 1/2.6); 1.0 gives every group the optimizer's lr.
         bn_policy: BatchNorm layers of trained groups: `train` updates their running statistics, `eval`
             keeps the pretrained statistics (affine parameters still train), `freeze` keeps both.
-            Frozen groups always behave as `freeze`.
+            Frozen groups always behave as `freeze`. None: `eval` for a pretrained backbone (measured: see
+            the README), `train` from scratch (random statistics must be learned).
         head_init: `linear_probe` fits the head on the frozen backbone's features of the un-augmented
             training set before fine-tuning starts (LP-FT, Kumar et al., ICLR 2022); `random` does not.
         probe_l2: L2 penalty of that linear probe.
@@ -43,7 +44,7 @@ class FineTuning(TransferModule):
         trainable_groups: int | None = None,
         head_lr: float | None = None,
         lr_decay: float = 1.0,
-        bn_policy: Literal["train", "eval", "freeze"] = "train",
+        bn_policy: Literal["train", "eval", "freeze"] | None = None,
         head_init: Literal["random", "linear_probe"] = "random",
         probe_l2: float = 1e-3,
         feature_cache_dir: str | None = None,
@@ -64,7 +65,8 @@ class FineTuning(TransferModule):
         self.lr_decay = lr_decay
         if not 0 < lr_decay <= 1:
             raise ValueError(f"model.lr_decay must be in (0, 1], got {lr_decay}")
-        self.bn_policy = bn_policy
+        pretrained = self.hparams["pretrained"] or self.hparams["weights"] is not None
+        self.bn_policy = bn_policy or ("eval" if pretrained else "train")
         self.head_init = head_init
         self.probe_l2 = probe_l2
         self.feature_cache_dir = feature_cache_dir

@@ -105,3 +105,10 @@ def test_lp_ft_does_not_refit_the_head_on_resume(tmp_path):
     probe = HeadAtStart()
     trainer(probe).fit(resumed, datamodule=data(), ckpt_path=tmp_path / "last.ckpt", weights_only=True)
     assert torch.equal(probe.head, model.head.weight)
+
+
+def test_default_bn_policy_keeps_pretrained_statistics_and_learns_random_ones(tmp_path):
+    assert FineTuning(backbone="tiny_cnn", pretrained=False).bn_policy == "train"
+    torch.save(FineTuning(backbone="tiny_cnn", pretrained=False).backbone.state_dict(), tmp_path / "w.pt")
+    assert FineTuning(backbone="tiny_cnn", pretrained=False, weights=str(tmp_path / "w.pt")).bn_policy == "eval"
+    assert FineTuning(backbone="tiny_cnn", pretrained=False, bn_policy="freeze").bn_policy == "freeze"
