@@ -7,8 +7,12 @@ import yaml
 
 from experiments.cli import CONFIGS, cli_main
 
-EXPERIMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("trainer", "logger"))
+STACKED = [CONFIGS / "glue" / "feature_extraction.yaml"]  # pieces that stack on an experiment file
+EXPERIMENTS = sorted(
+    p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("trainer", "logger", "model") and p not in STACKED
+)
 PIECES = sorted(CONFIGS.glob("trainer/*.yaml")) + sorted(CONFIGS.glob("logger/*.yaml"))
+GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
 TINY = [
     "--model",
     "FineTuning",
@@ -44,7 +48,8 @@ def test_every_experiment_config_parses_through_the_real_cli(config, capsys):
     assert exit_code(["fit", "-c", str(config), "--print_config"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["model"]["class_path"].startswith("lightning_modules.")
-    assert resolved["checkpoint"]["monitor"] == "val/acc" and isinstance(resolved["seed_everything"], int)
+    assert resolved["checkpoint"]["monitor"] == resolved["early_stopping"]["init_args"]["monitor"]
+    assert isinstance(resolved["seed_everything"], int)
 
 
 @pytest.mark.parametrize("piece", PIECES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -58,11 +63,41 @@ def test_every_piece_stacks_on_an_experiment(piece, capsys):
             assert resolved["trainer"][key] == value or isinstance(value, dict)
 
 
+def logged_val_metrics(model) -> set[str]:
+    """Names the model logs for validation: `val/<metric>[_<set>]`, `val/score`, `val/loss[_<set>]`."""
+    suffixes = [f"_{name}" if name else "" for name in model.val_names]
+    metrics = [*model.val_metrics[0].metrics.keys(), "score", "loss"]
+    names = {f"val/{metric}{s}" for metric in metrics for s in suffixes}
+    return names | {"val/score"}
+
+
+def instantiate(config: Path, tmp: Path, *extra: str):
+    glue = ["--data.init_args.root", str(GLUE_FIXTURES), "--data.init_args.cache_dir", str(tmp / "cache")]
+    return cli_main(
+        ["-c", str(config), *extra, *csv_logger(tmp), *(glue if config.parent.name == "glue" else [])], run=False
+    )
+
+
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_experiment_config_instantiates(config, in_tmp):
-    cli = cli_main(["-c", str(config), *csv_logger(in_tmp)], run=False)
-    assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 10
-    assert cli.datamodule.preprocessing.image_size == 224  # linked from the backbone
+def test_every_experiment_config_instantiates_and_monitors_a_logged_metric(config, in_tmp):
+    cli = instantiate(config, in_tmp)
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes
+    if config.parent.name == "glue":
+        assert cli.datamodule.task == config.stem
+        assert cli.datamodule.preprocessing.tokenizer == cli.model.backbone.preprocessing.tokenizer  # linked
+    else:
+        assert cli.datamodule.num_classes == 10
+        assert cli.datamodule.preprocessing.image_size == 224  # linked from the backbone
+    monitors = [cli.trainer.checkpoint_callback.monitor, cli.trainer.early_stopping_callback.monitor]
+    assert set(monitors) <= logged_val_metrics(cli.model)
+
+
+@pytest.mark.parametrize("piece", STACKED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stacked_pieces_change_the_strategy_of_every_task(piece, in_tmp):
+    for task in ("rte", "stsb"):
+        cli = instantiate(CONFIGS / "glue" / f"{task}.yaml", in_tmp, "-c", str(piece))
+        assert type(cli.model).__name__ == "FeatureExtraction" and cli.datamodule.task == task
+        assert cli.model.backbone_is_frozen()
 
 
 def test_backbone_preprocessing_flows_into_the_data(in_tmp):
@@ -142,11 +177,24 @@ def test_early_stopping_can_be_switched_off(in_tmp):
     assert cli.trainer.early_stopping_callback is None and cli.trainer.checkpoint_callback is not None
 
 
-def test_bf16_mixed_fits_on_cpu(in_tmp):
+TINY_TEXT = [
+    "-c",
+    str(CONFIGS / "glue" / "rte.yaml"),
+    "--model.init_args.backbone",
+    "tiny_bert",
+    "--model.init_args.pretrained",
+    "false",
+    "--data.init_args.root",
+    str(GLUE_FIXTURES),
+]
+
+
+@pytest.mark.parametrize("task", [TINY, TINY_TEXT], ids=["vision", "text"])
+def test_bf16_mixed_fits_on_cpu(task, in_tmp):
     cli = cli_main(
         [
             "fit",
-            *TINY,
+            *task,
             *csv_logger(in_tmp),
             "-c",
             str(CONFIGS / "trainer" / "bf16.yaml"),
@@ -155,7 +203,8 @@ def test_bf16_mixed_fits_on_cpu(in_tmp):
         ]
     )
     assert cli.trainer.precision == "bf16-mixed"
-    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in cli.model.parameters())
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
 
 
 def test_wandb_goes_offline_and_never_writes_the_api_key(in_tmp, monkeypatch, capsys):
