@@ -174,6 +174,11 @@ class GLUEDataModule(TextDataModule):
     def val_names(self) -> list[str]:
         return list(self.spec.val_names)
 
+    @property
+    def prediction_names(self) -> list[str]:
+        """Submission file names, one per test set: GLUE's folder name (`RTE`), MNLI's `MNLI-m`, `MNLI-mm`."""
+        return [f"{self.glue_folder}-{name}" if name else self.glue_folder for name in self.spec.val_names]
+
     def __repr__(self) -> str:
         shown: dict[str, object] = {"task": self.task, "root": str(self.root) if self.root is not None else None}
         shown |= {"tokenizer": self.tokenizer_name, "max_length": self.max_length, "batch_size": self.batch_size}

@@ -19,6 +19,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
@@ -64,6 +65,7 @@ class TransferCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
         parser.add_lightning_class_args(RunMetadata, "run_metadata")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")  # acts on `predict` only
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -172,7 +172,7 @@ class TransferModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         outputs = self(batch)
         return outputs.squeeze(-1) if self.regression else outputs.softmax(-1)
 

@@ -1,0 +1,99 @@
+"""`transfer predict` writes one TSV per prediction set: `index` and `prediction` columns, as GLUE wants.
+
+The datamodule says how files are named (`prediction_names`, e.g. GLUE's `RTE`, `MNLI-m`, `MNLI-mm`),
+which strings the classes are written as (`label_names`, else `class_names`, else the class id) and
+the range regression predictions are clipped to (`label_range`, STS-B 0-5). Rows carry the batch's
+`index` (GLUE's test ids); under DDP the ranks' rows are gathered and de-duplicated on rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+
+class PredictionWriter(Callback):
+    """Collect `predict_step` outputs with their `index` and write `<output_dir>/<name>.tsv` files.
+
+    Args:
+        output_dir: Folder of the prediction files; None: `predictions/` in the trainer's log directory.
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        self.output_dir = output_dir
+        self._rows: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._rows = {}
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(batch, dict) or "index" not in batch:
+            raise ValueError("PredictionWriter needs batches with an `index` entry (every datamodule here has one)")
+        self._rows.setdefault(dataloader_idx, []).append((batch["index"].detach(), outputs.detach()))
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        names = list(getattr(datamodule, "prediction_names", None) or [])
+        folder = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
+        for loader, rows in sorted(self._rows.items()):
+            index = torch.cat([i for i, _ in rows])
+            outputs = torch.cat([o for _, o in rows])
+            if trainer.world_size > 1:  # every rank holds as many rows (the distributed sampler pads)
+                index = pl_module.all_gather(index).flatten(0, 1)
+                outputs = pl_module.all_gather(outputs).flatten(0, 1)
+            if not trainer.is_global_zero:
+                continue
+            index, first = _unique_sorted(index.cpu())
+            name = names[loader] if loader < len(names) else f"predictions_{loader}" if loader else "predictions"
+            path = folder / f"{name}.tsv"
+            _write_tsv(path, index, format_predictions(outputs.cpu()[first], datamodule))
+            rank_zero_info(f"predictions: {len(index)} rows written to {path}")
+        self._rows = {}
+
+
+def _unique_sorted(index: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted unique ids and, for each, the position of its first occurrence (padding rows repeat ids)."""
+    unique, inverse = torch.unique(index, sorted=True, return_inverse=True)
+    positions = torch.arange(len(index))
+    first = torch.full((len(unique),), len(index), dtype=torch.int64).scatter_reduce(
+        0, inverse, positions, reduce="amin"
+    )
+    return unique, first
+
+
+def format_predictions(outputs: Tensor, datamodule: Any) -> list[str]:
+    """Class probabilities -> label strings; regression outputs -> scores clipped to `label_range`."""
+    if outputs.ndim == 1:
+        low, high = getattr(datamodule, "label_range", None) or (-float("inf"), float("inf"))
+        return [f"{value:.4f}" for value in outputs.float().clamp(low, high).tolist()]
+    labels = getattr(datamodule, "label_names", None) or getattr(datamodule, "class_names", None)
+    classes = outputs.argmax(-1).tolist()
+    return [labels[c] if labels else str(c) for c in classes]
+
+
+def _write_tsv(path: Path, index: Tensor, predictions: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["index\tprediction", *(f"{i}\t{p}" for i, p in zip(index.tolist(), predictions, strict=True))]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)  # a half-written submission file never exists under its name
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

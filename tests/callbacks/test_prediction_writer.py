@@ -1,0 +1,95 @@
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Trainer
+
+from callbacks.prediction_writer import PredictionWriter, _unique_sorted, format_predictions
+from datamodules import SyntheticDataModule
+from datamodules.glue import GLUE_TASKS
+from experiments.cli import CONFIGS, cli_main
+from lightning_modules import FineTuning
+from lightning_modules.backbones import backbone_preprocessing
+
+GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def test_unique_sorted_drops_the_rows_a_distributed_sampler_repeats():
+    index, first = _unique_sorted(torch.tensor([5, 2, 9, 2, 5]))
+    assert index.tolist() == [2, 5, 9]
+    assert first.tolist() == [1, 0, 2]
+
+
+def test_format_predictions_names_classes_and_clips_scores():
+    class Labelled:
+        label_names = ["entailment", "not_entailment"]
+
+    class Scored:
+        label_range = (0.0, 5.0)
+
+    probabilities = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    assert format_predictions(probabilities, Labelled()) == ["entailment", "not_entailment"]
+    assert format_predictions(probabilities, None) == ["0", "1"]
+    assert format_predictions(torch.tensor([-0.3, 2.5, 5.7]), Scored()) == ["0.0000", "2.5000", "5.0000"]
+
+
+def test_predict_writes_every_test_row_once_with_the_model_argmax(tmp_path):
+    data = SyntheticDataModule(num_classes=3, num_samples=40, preprocessing=backbone_preprocessing("tiny_cnn"))
+    model = FineTuning(backbone="tiny_cnn", pretrained=False, num_classes=3)
+    trainer = Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[PredictionWriter(str(tmp_path))]
+    )
+    outputs = torch.cat(trainer.predict(model, datamodule=data))
+    rows = read_tsv(tmp_path / "predictions.tsv")
+    assert [int(r["index"]) for r in rows] == list(range(len(outputs)))
+    assert [r["prediction"] for r in rows] == [data.class_names[c] for c in outputs.argmax(-1).tolist()]
+
+
+def glue_predict(task: str, tmp_path: Path) -> Path:
+    out = tmp_path / "submission"
+    cli_main(
+        [
+            "predict",
+            "-c",
+            str(CONFIGS / "glue" / f"{task}.yaml"),
+            "-c",
+            str(CONFIGS / "logger" / "csv.yaml"),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--model.init_args.backbone",
+            "tiny_bert",
+            "--model.init_args.pretrained",
+            "false",
+            "--data.init_args.root",
+            str(GLUE_FIXTURES),
+            "--data.init_args.cache_dir",
+            str(tmp_path / "cache"),
+            "--predictions.output_dir",
+            str(out),
+        ]
+    )
+    return out
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb", "mnli"])
+def test_transfer_predict_writes_glue_submission_files(task, tmp_path):
+    out = glue_predict(task, tmp_path)
+    spec = GLUE_TASKS[task]
+    names = {"rte": ["RTE"], "stsb": ["STS-B"], "mnli": ["MNLI-m", "MNLI-mm"]}[task]
+    assert sorted(p.stem for p in out.glob("*.tsv")) == sorted(names)
+    for name, test_file in zip(names, spec.test_files, strict=True):
+        expected_ids = [int(r["index"]) for r in read_tsv(GLUE_FIXTURES / spec.folder / test_file)]
+        rows = read_tsv(out / f"{name}.tsv")
+        assert [int(r["index"]) for r in rows] == sorted(expected_ids)
+        if spec.labels is None:
+            assert all(0.0 <= float(r["prediction"]) <= 5.0 for r in rows)
+        else:
+            assert {r["prediction"] for r in rows} <= set(spec.labels)
