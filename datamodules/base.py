@@ -17,7 +17,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.datasets import FeatureDataset, ImageDataset, collate_batched
+from datamodules.datasets import ImageDataset
+from datamodules.feature_inputs import FeatureInputs
 from datamodules.samplers import EpochSeededRandomSampler
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
 from datamodules.transforms import Preprocessing, image_transform
@@ -25,16 +26,16 @@ from datamodules.transforms import Preprocessing, image_transform
 SPLITS = ("train", "val", "test")
 FINGERPRINT_VERSION = "transfer-data-v1"
 
-InputEncoder = Callable[[str, DataLoader], torch.Tensor]
-
 
 def _require(ok: bool, key: str, value: object, expected: str) -> None:
     if not ok:
         raise ValueError(f"data.{key} must be {expected}, got {value!r}")
 
 
-class TransferDataModule(L.LightningDataModule):
+class TransferDataModule(FeatureInputs, L.LightningDataModule):
     """Base of the vision datamodules: batches are `{"pixel_values", "labels", "index"}` dicts.
+
+    With an input encoder set (`set_input_encoder`), train and val serve precomputed features instead.
 
     Args:
         root: Dataset location (folder or archive, depending on the dataset); None for the default.
@@ -102,8 +103,6 @@ class TransferDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self._samples: dict[str, ImageDataset] = {}  # split -> samples without transform
         self._fingerprints: dict[str, str] = {}
-        self._encoder: InputEncoder | None = None
-        self._features: dict[str, torch.Tensor] = {}
 
     # --- what a concrete datamodule provides -------------------------------------------------------
 
@@ -179,14 +178,14 @@ class TransferDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self._encoder is not None:
-            return self._feature_loader("train", shuffle=True)
+        if self.input_encoder is not None:
+            return self.feature_loader("train", shuffle=True)
         self.setup()
         return self._loader(self.datasets["train"], shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        if self._encoder is not None:
-            return self._feature_loader("val", shuffle=False)
+        if self.input_encoder is not None:
+            return self.feature_loader("val")
         self.setup()
         return self._loader(self.datasets["val"], shuffle=False)
 
@@ -231,26 +230,5 @@ class TransferDataModule(L.LightningDataModule):
 
     # --- feature-cache hook ------------------------------------------------------------------------
 
-    def set_input_encoder(self, encoder: InputEncoder | None) -> None:
-        """Serve train/val as `{"features", "labels", "index"}` from `encoder(split, eval_dataloader(split))`.
-
-        The encoder runs once per split on this instance (memoized); None switches back to images.
-        Test and predict loaders always stay on images.
-        """
-        if encoder is not self._encoder:
-            self._features.clear()
-        self._encoder = encoder
-
-    def _feature_loader(self, split: str, shuffle: bool) -> DataLoader:
-        samples = self._split_samples(split)
-        if split not in self._features:
-            assert self._encoder is not None
-            features = self._encoder(split, self.eval_dataloader(split))
-            if not isinstance(features, torch.Tensor) or features.ndim != 2 or len(features) != len(samples):
-                shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-                raise ValueError(f"input encoder returned {shape} for the {split} split; expected [{len(samples)}, D]")
-            self._features[split] = features.detach().cpu()
-        dataset = FeatureDataset(self._features[split], samples.labels)
-        # In memory already: worker processes would only add start-up time.
-        sampler = EpochSeededRandomSampler(dataset) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_batched)
+    def feature_source(self, name: str) -> tuple[DataLoader, torch.Tensor]:
+        return self.eval_dataloader(name), self._split_samples(name).labels

@@ -5,54 +5,39 @@ plugs its task specs and file quirks into the same machinery. Each split is pars
 checked, the training rows optionally subset (`train_limit`), and tokenized once into an on-disk cache
 keyed by the tokenizer, `max_length` and the rows themselves. Batches are
 `{"input_ids", "attention_mask", ["token_type_ids"], "labels", "index"}`, padded per batch.
+
+Parsing lives in `text_files.py`, tokenization and its cache in `tokenization.py`; this module holds the
+datamodule, which ties them together.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import logging
-import os
 import re
-import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from datamodules.cache import cache_root
 from datamodules.collate import LengthGroupedSampler, PadCollator
+from datamodules.feature_inputs import FeatureInputs
 from datamodules.samplers import EpochSeededRandomSampler
+from datamodules.text_files import TextFile, TextRows, read_text_file
+from datamodules.tokenization import TokenizedDataset, cache_key, load_tokenizer, tokenize_cached, tokenizer_identity
 from datamodules.transforms import Preprocessing
 
-log = logging.getLogger(__name__)
+__all__ = ["SPLITS", "TextDataModule", "TextFile", "TextRows"]  # glue.py and user code import these from here
 
 SPLITS = ("train", "val", "test")
 FINGERPRINT_VERSION = "transfer-text-v1"
-CACHE_VERSION = "transfer-tokenized-v1"
-# Files that define a tokenizer loaded from a local folder; their bytes are its identity.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-TOKENIZE_CHUNK = 4096
 _LIMIT_PURPOSE = 7  # stream id of the train_limit generator: independent of other uses of the seed
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val", "test"), "predict": ("test",)}
-
-LabelParser = Callable[[str], float]
 
 
 def _require(ok: bool, key: str, value: object, expected: str) -> None:
@@ -66,254 +51,17 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-# --- parsing -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TextFile:
-    """Where one split's rows are and how to read them.
-
-    `quoting` None follows the suffix: on for .csv, off for .tsv (GLUE's TSVs hold stray quote
-    characters that would swallow whole lines otherwise). A UTF-8 byte-order mark is always dropped.
-    """
-
-    path: Path
-    text_columns: tuple[str, ...]
-    label_column: str | None = "label"
-    index_column: str | None = None  # ids kept for submissions (GLUE test "index"); None: row positions
-    column_names: tuple[str, ...] | None = None  # a file without a header line: its columns, in order
-    quoting: bool | None = None
-    skip_malformed: bool = False  # drop rows with a wrong number of fields (QQP) instead of failing
-
-    @property
-    def delimiter(self) -> str:
-        suffix = self.path.suffix.lower()
-        if suffix not in (".tsv", ".csv"):
-            raise ValueError(f"{self.path}: expected a .tsv or .csv file")
-        return "\t" if suffix == ".tsv" else ","
-
-
-@dataclass
-class TextRows:
-    """Parsed rows of one split file: one list per text column, labels, and ids where the file has them.
-
-    `labels` is int64 (classification) or float32 (regression), -1 on every row of an unlabelled file.
-    """
-
-    texts: list[list[str]]
-    labels: torch.Tensor
-    index: torch.Tensor | None  # the file's own row ids (GLUE test "index"); None: row positions
-    source: str  # file path or dataset name, for messages
-    labelled: bool = True
-    _fingerprint: str | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, positions: np.ndarray) -> TextRows:
-        keep = positions.tolist()
-        texts = [[column[i] for i in keep] for column in self.texts]
-        idx = torch.as_tensor(positions, dtype=torch.int64)
-        index = self.index[idx] if self.index is not None else None
-        return TextRows(texts, self.labels[idx], index, self.source, self.labelled)
-
-    def fingerprint(self) -> str:
-        """sha256 of the texts, labels and ids, in order (content only: no path, no mtime)."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256(f"{len(self)} rows, {len(self.texts)} text columns".encode())
-            for column in self.texts:
-                digest.update("\x00".join(column).encode())
-                digest.update(b"\x01")
-            digest.update(str(self.labels.dtype).encode())
-            digest.update(self.labels.numpy().tobytes())
-            if self.index is not None:
-                digest.update(self.index.numpy().astype("<i8").tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
-
-
-def read_text_file(
-    file: TextFile, parse_label: LabelParser, where: str, require_label: bool = True, regression: bool = False
-) -> TextRows:
-    """Parse `file` into `TextRows`; errors name `where` (e.g. "rte train split"), the path and the line.
-
-    With `require_label` False a file without the label column is read as unlabelled (labels -1).
-    """
-    path = file.path
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: {path} does not exist")
-    quoting = file.quoting if file.quoting is not None else path.suffix.lower() == ".csv"
-    texts: list[list[str]] = [[] for _ in file.text_columns]
-    labels: list[float] = []
-    ids: list[int] = []
-    skipped = 0
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter=file.delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
-        header = list(file.column_names) if file.column_names is not None else [c.strip() for c in next(reader, [])]
-
-        def column(name: str) -> int:
-            if name not in header:
-                raise ValueError(f"{where}: {path} has no column {name!r} (columns: {header})")
-            return header.index(name)
-
-        text_at = [column(name) for name in file.text_columns]
-        labelled = file.label_column is not None and (require_label or file.label_column in header)
-        label_at = column(file.label_column) if labelled and file.label_column is not None else None
-        index_at = column(file.index_column) if file.index_column is not None else None
-        for row in reader:
-            if not row:
-                continue  # blank line
-            if len(row) != len(header):
-                if file.skip_malformed:
-                    skipped += 1
-                    continue
-                raise ValueError(
-                    f"{where}: {path} line {reader.line_num} has {len(row)} fields, expected {len(header)} ({header})"
-                )
-            try:
-                if label_at is not None:
-                    labels.append(parse_label(row[label_at]))
-                if index_at is not None:
-                    ids.append(int(row[index_at]))
-            except ValueError as error:
-                raise ValueError(f"{where} ({path} line {reader.line_num}): {error}") from None
-            for values, at in zip(texts, text_at, strict=True):
-                values.append(row[at])
-    if skipped:
-        log.warning("%s: skipped %d malformed rows of %s", where, skipped, path)
-    n = len(texts[0])
-    dtype = torch.float32 if regression else torch.int64
-    label_tensor = torch.tensor(labels, dtype=dtype) if label_at is not None else torch.full((n,), -1, dtype=dtype)
-    index = torch.tensor(ids, dtype=torch.int64) if index_at is not None else None
-    return TextRows(texts, label_tensor, index, str(path), labelled=label_at is not None)
-
-
-# --- tokenization ------------------------------------------------------------------------------------
-
-
-def load_tokenizer(name: str) -> Any:
-    """`AutoTokenizer.from_pretrained(name)` (never with remote code); errors name the config keys."""
-    from transformers import AutoTokenizer  # transformers costs seconds to import: only text runs pay it
-
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise OSError(
-            f"data.preprocessing.tokenizer: cannot load tokenizer {name!r} ({error}); it comes from "
-            "model.backbone: use a text backbone, or give a local tokenizer folder"
-        ) from error
-
-
-def tokenizer_identity(tokenizer: Any, name: str) -> dict[str, Any]:
-    """What makes two tokenizers tokenize alike, without machine-specific paths.
-
-    A local folder is identified by the bytes of its tokenizer files, a hub name by the serialized
-    fast tokenizer (or its vocabulary).
-    """
-    digest = hashlib.sha256()
-    folder = Path(name).expanduser()
-    files = [f for f in TOKENIZER_FILES if (folder / f).is_file()] if folder.is_dir() else []
-    for filename in files:
-        digest.update(filename.encode() + b"\x00" + (folder / filename).read_bytes())
-    if not files:
-        if getattr(tokenizer, "is_fast", False):
-            digest.update(tokenizer.backend_tokenizer.to_str().encode())
-        else:
-            digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    return {
-        "name": folder.name if files else name,
-        "class": type(tokenizer).__name__,
-        "vocab_size": len(tokenizer),
-        "sha256": digest.hexdigest(),
-    }
-
-
-def tokenize_texts(tokenizer: Any, texts: list[list[str]], max_length: int) -> dict[str, torch.Tensor]:
-    """Unpadded token ids of every row, flat: `input_ids` [T] int32, `offsets` [N + 1] and, when the
-    tokenizer returns them, `token_type_ids` [T] int8. Pairs are truncated longest-first."""
-    ids: list[list[int]] = []
-    types: list[list[int]] = []
-    for start in range(0, len(texts[0]), TOKENIZE_CHUNK):
-        chunk = [column[start : start + TOKENIZE_CHUNK] for column in texts]
-        encoded = tokenizer(
-            text=chunk[0],
-            text_pair=chunk[1] if len(chunk) > 1 else None,
-            truncation=True,
-            max_length=max_length,
-            padding=False,
-            return_attention_mask=False,
-        )
-        ids.extend(encoded["input_ids"])
-        types.extend(encoded.get("token_type_ids") or [])
-    lengths = torch.tensor([len(row) for row in ids], dtype=torch.int64)
-    out = {
-        "input_ids": torch.tensor([t for row in ids for t in row], dtype=torch.int32),
-        "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
-    }
-    if types:
-        out["token_type_ids"] = torch.tensor([t for row in types for t in row], dtype=torch.int8)
-    return out
-
-
-def _load_cached(path: Path, num_rows: int) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        return None
-    try:
-        encoded = torch.load(path, map_location="cpu", weights_only=True)
-        if len(encoded["offsets"]) == num_rows + 1 and int(encoded["offsets"][-1]) == len(encoded["input_ids"]):
-            return encoded
-    except Exception as error:  # a torn or foreign file: tokenize again and overwrite it
-        log.warning("ignoring unreadable tokenization cache %s: %s", path, error)
-    return None
-
-
-def _save_atomic(encoded: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(encoded, handle)
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class TokenizedDataset(Dataset):
-    """Unpadded token ids of one split; items are `{"input_ids", ["token_type_ids"], "labels", "index"}`."""
-
-    def __init__(self, encoded: dict[str, torch.Tensor], labels: torch.Tensor, index: torch.Tensor):
-        self.input_ids = encoded["input_ids"]
-        self.offsets = encoded["offsets"].tolist()
-        self.token_type_ids = encoded.get("token_type_ids")
-        self.labels = labels
-        self.index = index
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        offsets = torch.tensor(self.offsets)
-        return offsets[1:] - offsets[:-1]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        start, end = self.offsets[i], self.offsets[i + 1]
-        item = {"input_ids": self.input_ids[start:end].long(), "labels": self.labels[i], "index": self.index[i]}
-        if self.token_type_ids is not None:
-            item["token_type_ids"] = self.token_type_ids[start:end].long()
-        return item
-
-
 # --- the datamodule ----------------------------------------------------------------------------------
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(FeatureInputs, L.LightningDataModule):
     """Sentence or sentence-pair classification / regression from TSV or CSV files.
 
     "train" and "val" files must hold the label column; a "test" file may lack it (labels -1, used by
     `predict_dataloader`). `test_dataloader` evaluates on a labelled test file, else on the validation
-    set(s). Several validation files give several loaders, named by `val_names`.
+    set(s). Several validation files give several loaders, named by `val_names`. With an input encoder
+    set (`set_input_encoder`), train and val serve precomputed features instead, one feature set per
+    validation file (`feature_sets`).
 
     Args:
         train_file: Training rows (.tsv or .csv, by suffix).
@@ -555,14 +303,9 @@ class TextDataModule(L.LightningDataModule):
         return self._tokenizer_identity
 
     def _tokenized(self, rows: TextRows, split: str) -> TokenizedDataset:
-        params = {"version": CACHE_VERSION, "tokenizer": self.tokenizer_identity, "max_length": self.max_length}
-        params["rows"] = rows.fingerprint()
-        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        key = cache_key(self.tokenizer_identity, self.max_length, rows.fingerprint())
         path = self.cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', self.data_name)}-{split}-{key[:24]}.pt"
-        encoded = _load_cached(path, len(rows))
-        if encoded is None:
-            encoded = tokenize_texts(self.tokenizer, rows.texts, self.max_length)
-            _save_atomic(encoded, path)
+        encoded = tokenize_cached(self.tokenizer, rows.texts, self.max_length, path)
         index = rows.index if rows.index is not None else torch.arange(len(rows))
         return TokenizedDataset(encoded, rows.labels, index)
 
@@ -617,15 +360,18 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def _loaders(self, split: str) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader(dataset) for dataset in self.split_datasets(split)]
-        return loaders[0] if len(loaders) == 1 else loaders
+        return _one_or_list([self._loader(dataset) for dataset in self.split_datasets(split)])
 
     def train_dataloader(self) -> DataLoader:
+        if self.input_encoder is not None:
+            return self.feature_loader("train", shuffle=True)
         (dataset,) = self.split_datasets("train")
         return self._loader(dataset, train=True)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """One loader, or a list in `val_names` order (MNLI: matched, mismatched)."""
+        if self.input_encoder is not None:
+            return _one_or_list([self.feature_loader(name) for name in self.feature_sets("val")])
         return self._loaders("val")
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
@@ -640,6 +386,30 @@ class TextDataModule(L.LightningDataModule):
         """Unshuffled loader(s) over `split` (train included), e.g. to encode features once."""
         return self._loaders(split)
 
+    # --- feature-cache hook --------------------------------------------------------------------------
+
+    def feature_sets(self, split: str) -> list[str]:
+        """Names of the feature sets of `split`: the split itself, or `val_0`, `val_1`, ... in `val_names`
+        order where it has several files (MNLI: matched, mismatched). `fingerprint` accepts every name."""
+        count = len(self.rows(split))
+        return [split] if count == 1 else [f"{split}_{i}" for i in range(count)]
+
+    def feature_source(self, name: str) -> tuple[DataLoader, torch.Tensor]:
+        split, part = self._parse_split(name)
+        datasets = self.split_datasets(split)
+        if part is None and len(datasets) > 1:
+            raise ValueError(f"{split} has {len(datasets)} sets; name one of them: {self.feature_sets(split)}")
+        dataset = datasets[part or 0]
+        return self._loader(dataset), dataset.labels
+
+    def _parse_split(self, name: str) -> tuple[str, int | None]:
+        """`val` -> ("val", None): the whole split; `val_1` -> ("val", 1): its second file alone."""
+        split, _, part = name.partition("_")
+        count = len(self.rows(split)) if split in SPLITS else 0
+        if count == 0 or (part and not (part.isdigit() and int(part) < count)):
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}, or val_<i> for one of several files")
+        return split, int(part) if part else None
+
     # --- fingerprints --------------------------------------------------------------------------------
 
     def available_splits(self) -> list[str]:
@@ -647,12 +417,14 @@ class TextDataModule(L.LightningDataModule):
 
     def fingerprint(self, split: str | None = None) -> str:
         """sha256 of the rows and labels of `split` (in order), the tokenizer and `max_length`; None: all
-        splits. Deterministic across processes and machines (content, never paths)."""
+        splits; `val_1`: the second validation file alone (`feature_sets`). Deterministic across processes
+        and machines (content, never paths)."""
         if split is None:
             parts = "\n".join(f"{s}={self.fingerprint(s)}" for s in self.available_splits())
             return hashlib.sha256(parts.encode()).hexdigest()
         if split not in self._fingerprints:
-            rows = self.rows(split)
+            name, file_index = self._parse_split(split)
+            rows = self.rows(name) if file_index is None else self.rows(name)[file_index : file_index + 1]
             params = {
                 "tokenizer": self.tokenizer_identity,
                 "max_length": self.max_length,
@@ -666,3 +438,7 @@ class TextDataModule(L.LightningDataModule):
                 digest.update(part.fingerprint().encode())
             self._fingerprints[split] = digest.hexdigest()
         return self._fingerprints[split]
+
+
+def _one_or_list(loaders: list[DataLoader]) -> DataLoader | list[DataLoader]:
+    return loaders[0] if len(loaders) == 1 else loaders

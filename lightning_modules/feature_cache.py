@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from rich.console import Console
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+
+from datamodules.cache import save_atomically
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -25,26 +26,20 @@ def weights_digest(module: nn.Module) -> str:
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, loader: DataLoader) -> Tensor:
-    """Pooled features of every sample in `loader`, in loader order, as float32 on the CPU."""
+    """Pooled features of every sample in `loader`, in loader order, as float32 on the CPU.
+
+    The backbone gets what `TransferModule.features` gives it: a vision batch's `pixel_values`, a text
+    batch whole (the tokenized dict; a text backbone picks its inputs from it).
+    """
     device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
-    chunks = [backbone(batch["pixel_values"].to(device)).float().cpu() for batch in loader]
+    chunks = []
+    for batch in loader:
+        inputs = batch.get("pixel_values", batch)
+        chunks.append(backbone(move_data_to_device(inputs, device)).float().cpu())
     backbone.train(was_training)
     return torch.cat(chunks)
-
-
-def save_atomically(obj: object, path: Path) -> None:
-    """Write next to the target and rename: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class FeatureEncoder:

@@ -33,7 +33,10 @@ class FeatureExtraction(TransferModule):
         if self.cache_features and stage == "fit":
             datamodule: Any = getattr(self.trainer, "datamodule", None)
             if not hasattr(datamodule, "set_input_encoder"):
-                raise ValueError("model.cache_features needs a TransferDataModule (it provides set_input_encoder)")
+                raise ValueError(
+                    "model.cache_features needs a datamodule with set_input_encoder (TransferDataModule, "
+                    f"TextDataModule); got {type(datamodule).__name__}"
+                )
             encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
             datamodule.set_input_encoder(encoder)
 
