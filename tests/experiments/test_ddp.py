@@ -49,3 +49,24 @@ def test_gradual_unfreezing_under_ddp_keeps_ranks_identical(tmp_path):
         assert torch.equal(rank0[name], rank1[name]), name
     start = torch.load(tmp_path / "start_rank0.pt", weights_only=True)
     assert not torch.equal(start["backbone.block1.0.weight"], rank0["backbone.block1.0.weight"]), "never unfrozen"
+
+
+def test_predict_under_ddp_writes_each_row_once_as_one_process_does(tmp_path):
+    common = [
+        "predict",
+        "--model", "FineTuning", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
+        "--data", "SyntheticDataModule", "--data.num_samples", "151", "--data.batch_size", "16",
+        "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    ddp = [*common, "-c", str(CONFIGS / "trainer" / "ddp_cpu2.yaml"), "--predictions.output_dir", str(tmp_path / "ddp")]
+    done = subprocess.run([sys.executable, "-m", "experiments.cli", *ddp], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = [*common, "--trainer.accelerator", "cpu", "--predictions.output_dir", str(tmp_path / "single")]
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *single], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (tmp_path / "ddp" / "predictions.tsv").read_text().splitlines()
+    ids = [int(line.split("\t")[0]) for line in rows[1:]]
+    assert ids == list(range(151))  # 2 ranks x 76 rows: the distributed sampler's padding row is dropped
+    assert rows == (tmp_path / "single" / "predictions.tsv").read_text().splitlines()
