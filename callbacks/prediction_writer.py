@@ -3,7 +3,7 @@
 The datamodule says how files are named (`prediction_names`, e.g. GLUE's `RTE`, `MNLI-m`, `MNLI-mm`),
 which strings the classes are written as (`label_names`, else `class_names`, else the class id) and
 the range regression predictions are clipped to (`label_range`, STS-B 0-5). Rows carry the batch's
-`index` (GLUE's test ids); under DDP the ranks' rows are gathered and de-duplicated on rank 0.
+`index` (GLUE's test ids); under DDP the ranks' rows are gathered on rank 0, repeated ids dropped.
 """
 
 from __future__ import annotations
@@ -53,9 +53,8 @@ class PredictionWriter(Callback):
         for loader, rows in sorted(self._rows.items()):
             index = torch.cat([i for i, _ in rows])
             outputs = torch.cat([o for _, o in rows])
-            if trainer.world_size > 1:  # every rank holds as many rows (the distributed sampler pads)
-                index = pl_module.all_gather(index).flatten(0, 1)
-                outputs = pl_module.all_gather(outputs).flatten(0, 1)
+            if trainer.world_size > 1:
+                index, outputs = _gather(pl_module, index), _gather(pl_module, outputs)
             if not trainer.is_global_zero:
                 continue
             index, first = _unique_sorted(index.cpu())
@@ -64,6 +63,16 @@ class PredictionWriter(Callback):
             _write_tsv(path, index, format_predictions(outputs.cpu()[first], datamodule))
             rank_zero_info(f"predictions: {len(index)} rows written to {path}")
         self._rows = {}
+
+
+def _gather(pl_module: LightningModule, rows: Tensor) -> Tensor:
+    """Every rank's rows, concatenated in rank order. Lightning's predict sampler does not pad, so ranks
+    may hold different numbers of rows: pad to the longest, gather, then drop the padding."""
+    sizes = pl_module.all_gather(torch.tensor(len(rows), device=rows.device)).tolist()
+    padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    padded[: len(rows)] = rows
+    gathered = pl_module.all_gather(padded)
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)])
 
 
 def _unique_sorted(index: Tensor) -> tuple[Tensor, Tensor]:

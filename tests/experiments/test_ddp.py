@@ -68,5 +68,5 @@ def test_predict_under_ddp_writes_each_row_once_as_one_process_does(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (tmp_path / "ddp" / "predictions.tsv").read_text().splitlines()
     ids = [int(line.split("\t")[0]) for line in rows[1:]]
-    assert ids == list(range(151))  # 2 ranks x 76 rows: the distributed sampler's padding row is dropped
+    assert ids == list(range(151))  # 76 + 75 rows from the two ranks
     assert rows == (tmp_path / "single" / "predictions.tsv").read_text().splitlines()
