@@ -68,11 +68,14 @@ class PredictionWriter(Callback):
 def _gather(pl_module: LightningModule, rows: Tensor) -> Tensor:
     """Every rank's rows, concatenated in rank order. Lightning's predict sampler does not pad, so ranks
     may hold different numbers of rows: pad to the longest, gather, then drop the padding."""
-    sizes = pl_module.all_gather(torch.tensor(len(rows), device=rows.device)).tolist()
-    padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    sizes = pl_module.all_gather(torch.tensor(len(rows), device=rows.device))
+    assert isinstance(sizes, Tensor)
+    counts = sizes.tolist()
+    padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
     padded[: len(rows)] = rows
     gathered = pl_module.all_gather(padded)
-    return torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)])
+    assert isinstance(gathered, Tensor)
+    return torch.cat([part[:count] for part, count in zip(gathered, counts, strict=True)])
 
 
 def _unique_sorted(index: Tensor) -> tuple[Tensor, Tensor]:

@@ -209,6 +209,11 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
         """One name per validation loader ("" for a single one), for metric names such as `val/acc_mm`."""
         return [""] if len(self.val_files) <= 1 else [p.stem for p in self.val_files]
 
+    @property
+    def prediction_names(self) -> list[str]:
+        """File names (without .tsv) of `transfer predict`'s output, one per test file: `<stem>_predictions`."""
+        return [f"{p.stem}_predictions" for p in self.test_files]
+
     def __repr__(self) -> str:
         # Lightning's default __str__ calls every *_dataloader(), which would read and tokenize data.
         shown: dict[str, object] = {

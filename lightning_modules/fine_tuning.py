@@ -67,6 +67,8 @@ class FineTuning(TransferModule):
             raise ValueError(f"model.lr_decay must be in (0, 1], got {lr_decay}")
         pretrained = self.hparams["pretrained"] or self.hparams["weights"] is not None
         self.bn_policy = bn_policy or ("eval" if pretrained else "train")
+        if head_init == "linear_probe" and self.regression:
+            raise ValueError("model.head_init=linear_probe fits a classifier; use `random` for regression tasks")
         self.head_init = head_init
         self.probe_l2 = probe_l2
         self.feature_cache_dir = feature_cache_dir
@@ -86,15 +88,14 @@ class FineTuning(TransferModule):
         # LP-FT's first step; skipped on resume, where the checkpoint already holds the head.
         if self.head_init == "linear_probe" and self.trainer.ckpt_path is None:
             datamodule: Any = getattr(self.trainer, "datamodule", None)
-            if not hasattr(datamodule, "eval_dataloader"):
+            if not hasattr(datamodule, "feature_source"):
                 raise ValueError(
-                    "model.head_init=linear_probe needs a TransferDataModule (it provides eval_dataloader)"
+                    "model.head_init=linear_probe needs a TransferDataModule or TextDataModule (a feature source)"
                 )
-            loader = datamodule.eval_dataloader("train")
+            loader, labels = datamodule.feature_source("train")
             encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
             linear = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
             assert isinstance(linear, nn.Linear)
-            labels = getattr(loader.dataset, "labels")  # noqa: B009  (ImageDataset contract; mypy sees a Dataset)
             accuracy = fit_linear_probe(linear, encoder("train", loader), labels, l2=self.probe_l2)
             rank_zero_info(f"LP-FT: linear probe fitted on frozen features, train accuracy {accuracy:.3f}")
 

@@ -6,7 +6,7 @@ import torch
 from lightning import Trainer
 
 from callbacks.prediction_writer import PredictionWriter, _unique_sorted, format_predictions
-from datamodules import SyntheticDataModule
+from datamodules import SyntheticDataModule, TextDataModule
 from datamodules.glue import GLUE_TASKS
 from experiments.cli import CONFIGS, cli_main
 from lightning_modules import FineTuning
@@ -93,3 +93,27 @@ def test_transfer_predict_writes_glue_submission_files(task, tmp_path):
             assert all(0.0 <= float(r["prediction"]) <= 5.0 for r in rows)
         else:
             assert {r["prediction"] for r in rows} <= set(spec.labels)
+
+
+def test_a_users_text_predictions_carry_its_ids_and_label_names(tmp_path):
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    (folder / "train.csv").write_text("id,text,sentiment\n1,Great value,pos\n2,Broke at once,neg\n")
+    (folder / "new.csv").write_text("id,text\n70,Solid value\n71,Never again\n")
+    data = TextDataModule(
+        train_file=str(folder / "train.csv"),
+        val_file=str(folder / "train.csv"),
+        test_file=str(folder / "new.csv"),
+        text_columns=["text"],
+        label_column="sentiment",
+        label_names=["neg", "pos"],
+        index_column="id",
+        preprocessing=backbone_preprocessing("tiny_bert"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    model = FineTuning(backbone="tiny_bert", pretrained=False, num_classes=2)
+    trainer = Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionWriter(str(tmp_path / "out"))])
+    trainer.predict(model, datamodule=data)
+    rows = read_tsv(tmp_path / "out" / "new_predictions.tsv")
+    assert [r["index"] for r in rows] == ["70", "71"]
+    assert {r["prediction"] for r in rows} <= {"neg", "pos"}

@@ -1,5 +1,6 @@
-"""The feature cache on text: `FeatureExtraction(cache_features=True)` on a GLUE datamodule."""
+"""The feature cache on text: `FeatureExtraction(cache_features=True)` and LP-FT on a GLUE datamodule."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from lightning import Callback, Trainer
 
 from datamodules import GLUEDataModule
 from datamodules.samplers import EpochSeededRandomSampler
-from lightning_modules import FeatureExtraction
+from lightning_modules import FeatureExtraction, FineTuning
 from lightning_modules.backbones import backbone_preprocessing
 
 FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
@@ -155,3 +156,25 @@ def test_feature_extraction_caches_tiny_bert_features_of_glue(tmp_path):
     for name in ("train", "val_0", "val_1"):
         first_run, from_disk = (torch.cat([b["features"] for b in d.feature_loader(name)]) for d in (dm, again))
         assert torch.equal(first_run, from_disk)
+
+
+def test_lp_ft_probes_the_head_on_text_features_before_fine_tuning(tmp_path):
+    dm = glue("rte", tmp_path)
+    model = FineTuning(
+        backbone="tiny_bert",
+        pretrained=False,
+        num_classes=dm.num_classes,
+        head_init="linear_probe",
+        feature_cache_dir=str(tmp_path / "features"),
+        optimizer=partial(torch.optim.SGD, lr=0.0),
+    )
+    initial = model.head.weight.detach().clone()
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, datamodule=dm)
+    assert not torch.equal(initial, model.head.weight), "the head was not fitted on the text features"
+    assert list((tmp_path / "features").glob("*.pt")), "the probe's features went through the feature cache"
+
+
+def test_lp_ft_refuses_regression_by_name():
+    with pytest.raises(ValueError, match="head_init=linear_probe"):
+        FineTuning(backbone="tiny_bert", pretrained=False, num_classes=1, head_init="linear_probe")
