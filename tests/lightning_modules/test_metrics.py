@@ -1,6 +1,7 @@
 import pytest
 import torch
-from lightning import LightningDataModule, Trainer
+from lightning import LightningDataModule
+from support import quiet_trainer
 from torch.utils.data import DataLoader
 
 from datamodules import SyntheticDataModule
@@ -58,14 +59,7 @@ def test_each_validation_set_gets_its_own_names_and_score_is_their_mean():
     model = FineTuning(
         backbone="tiny_cnn", pretrained=False, num_classes=4, metrics=data.metrics, val_names=data.val_names
     )
-    trainer = Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        max_epochs=1,
-    )
+    trainer = quiet_trainer(max_epochs=1)
     trainer.fit(model, datamodule=data)
     logged = trainer.logged_metrics
     assert {"val/acc_m", "val/acc_mm", "val/loss_m", "val/loss_mm", "val/score", "train/score"} <= set(logged)

@@ -3,7 +3,8 @@ from functools import partial
 
 import pytest
 import torch
-from lightning import Callback, Trainer, seed_everything
+from lightning import Callback, seed_everything
+from support import quiet_trainer
 from torch import nn
 
 from datamodules import SyntheticDataModule
@@ -17,16 +18,7 @@ def data(num_classes=4, **kwargs):
     return SyntheticDataModule(num_classes=num_classes, preprocessing=backbone_preprocessing("tiny_cnn"), **kwargs)
 
 
-def trainer(**kwargs):
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        max_epochs=2,
-    )
-    return Trainer(**(defaults | kwargs))
+trainer = quiet_trainer
 
 
 def bn_state(module):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback, Trainer
+from support import quiet_trainer
 
 from datamodules import GLUEDataModule
 from datamodules.samplers import EpochSeededRandomSampler
@@ -111,15 +112,7 @@ def fit(dm: GLUEDataModule, feature_dir: Path, state: dict | None = None) -> tup
     )
     if state is not None:
         model.load_state_dict(state)
-    trainer = Trainer(
-        max_epochs=2,
-        callbacks=[TrainBatches()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(TrainBatches())
     trainer.fit(model, datamodule=dm)
     return model, trainer
 
@@ -169,7 +162,7 @@ def test_lp_ft_probes_the_head_on_text_features_before_fine_tuning(tmp_path):
         optimizer=partial(torch.optim.SGD, lr=0.0),
     )
     initial = model.head.weight.detach().clone()
-    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = quiet_trainer(max_epochs=1)
     trainer.fit(model, datamodule=dm)
     assert not torch.equal(initial, model.head.weight), "the head was not fitted on the text features"
     assert list((tmp_path / "features").glob("*.pt")), "the probe's features went through the feature cache"
