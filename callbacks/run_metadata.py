@@ -1,4 +1,4 @@
-"""Record what a run needs to be reproduced: git commit, package versions, seed, data fingerprint."""
+"""Record what a run needs to be reproduced: git commit, package versions, seed, data fingerprint, classes."""
 
 from __future__ import annotations
 
@@ -53,26 +53,38 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def class_table(datamodule: Any) -> list[dict[str, Any]] | None:
+    """The label order: the datamodule's `class_info()` rows (e.g. wnid, ImageNet index, name), else its
+    `class_names`; None when it names no classes."""
+    if hasattr(datamodule, "class_info"):
+        return datamodule.class_info()
+    names = getattr(datamodule, "class_names", None)
+    return [{"label": i, "name": name} for i, name in enumerate(names)] if names else None
+
+
 def run_metadata(trainer: Trainer) -> dict[str, Any]:
-    fingerprint = getattr(getattr(trainer, "datamodule", None), "fingerprint", None)
+    datamodule = getattr(trainer, "datamodule", None)
+    fingerprint = getattr(datamodule, "fingerprint", None)
     seed = os.environ.get("PL_GLOBAL_SEED")
     return {
         "git": git_state(Path(__file__).resolve().parent),
         "packages": package_versions(),
         "seed": int(seed) if seed is not None else None,
         "data_fingerprint": fingerprint() if fingerprint is not None else None,
+        "classes": class_table(datamodule),
         "platform": platform.platform(),
     }
 
 
 class RunMetadata(Callback):
-    """Writes `run_metadata.json` into the run's log directory and logs the same into the logger."""
+    """Writes `run_metadata.json` into the run's log directory and logs the same into the logger, when a
+    run fits, validates or tests."""
 
     def __init__(self, filename: str = "run_metadata.json"):
         self.filename = filename
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage not in ("fit", "validate", "test"):
             return
         log_dir = trainer.log_dir  # collective on some loggers: every rank must call it
         self._write(trainer, log_dir)

@@ -4,6 +4,7 @@ from lightning_modules.backbones import Backbone, backbone_preprocessing, create
 from lightning_modules.base import TransferModule
 from lightning_modules.feature_extraction import FeatureExtraction
 from lightning_modules.fine_tuning import FineTuning
+from lightning_modules.zero_shot import ZeroShot
 
 __all__ = [
     "Backbone",
@@ -13,4 +14,5 @@ __all__ = [
     "backbone_preprocessing",
     "create_backbone",
     "register_backbone",
+    "ZeroShot",
 ]

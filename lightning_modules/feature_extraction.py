@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from lightning_modules.base import ParamGroup, TransferModule
 from lightning_modules.feature_cache import FeatureEncoder
+from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows
 
 
 class FeatureExtraction(TransferModule):
@@ -16,18 +17,24 @@ class FeatureExtraction(TransferModule):
             train the head on them (augmentation is then off for training).
         feature_cache_dir: Folder where cached features persist between runs, keyed by backbone weights
             and data fingerprint; None keeps them in memory for this run only.
+        head_init: `imagenet_rows` starts the head from the pretrained ImageNet classifier's rows for the
+            data's classes (an ImageNet subset, see `lightning_modules.imagenet_head`); `random` does not.
     """
 
     def __init__(
         self,
         cache_features: bool = False,
         feature_cache_dir: str | None = None,
+        head_init: Literal["random", "imagenet_rows"] = "random",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.backbone.requires_grad_(False)
         self.cache_features = cache_features
         self.feature_cache_dir = feature_cache_dir
+        if head_init == "imagenet_rows":
+            check_imagenet_rows(self, "model.head_init=imagenet_rows")
+        self.head_init = head_init
 
     def setup(self, stage: str) -> None:
         if self.cache_features and stage == "fit":
@@ -39,6 +46,10 @@ class FeatureExtraction(TransferModule):
                 )
             encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
             datamodule.set_input_encoder(encoder)
+
+    def on_fit_start(self) -> None:
+        if self.head_init == "imagenet_rows" and self.trainer.ckpt_path is None:  # a resumed head is kept
+            copy_imagenet_rows(self, "model.head_init=imagenet_rows")
 
     def param_groups(self) -> list[ParamGroup]:
         return [{"name": "head", "params": list(self.head.parameters())}]

@@ -10,6 +10,7 @@ from torch import nn
 
 from lightning_modules.base import ParamGroup, TransferModule
 from lightning_modules.feature_cache import FeatureEncoder
+from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows
 from lightning_modules.linear_probe import fit_linear_probe
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -34,7 +35,9 @@ class FineTuning(TransferModule):
             Frozen groups always behave as `freeze`. None: `eval` for a pretrained backbone (measured: see
             the README), `train` from scratch (random statistics must be learned).
         head_init: `linear_probe` fits the head on the frozen backbone's features of the un-augmented
-            training set before fine-tuning starts (LP-FT, Kumar et al., ICLR 2022); `random` does not.
+            training set before fine-tuning starts (LP-FT, Kumar et al., ICLR 2022); `imagenet_rows`
+            copies the pretrained ImageNet classifier's rows for the data's classes (an ImageNet subset,
+            see `lightning_modules.imagenet_head`); `random` does neither.
         probe_l2: L2 penalty of that linear probe.
         feature_cache_dir: Where the probe's features persist between runs; None keeps them in memory.
     """
@@ -45,7 +48,7 @@ class FineTuning(TransferModule):
         head_lr: float | None = None,
         lr_decay: float = 1.0,
         bn_policy: Literal["train", "eval", "freeze"] | None = None,
-        head_init: Literal["random", "linear_probe"] = "random",
+        head_init: Literal["random", "linear_probe", "imagenet_rows"] = "random",
         probe_l2: float = 1e-3,
         feature_cache_dir: str | None = None,
         **kwargs: Any,
@@ -69,6 +72,8 @@ class FineTuning(TransferModule):
         self.bn_policy = bn_policy or ("eval" if pretrained else "train")
         if head_init == "linear_probe" and self.regression:
             raise ValueError("model.head_init=linear_probe fits a classifier; use `random` for regression tasks")
+        if head_init == "imagenet_rows":
+            check_imagenet_rows(self, "model.head_init=imagenet_rows")
         self.head_init = head_init
         self.probe_l2 = probe_l2
         self.feature_cache_dir = feature_cache_dir
@@ -85,8 +90,11 @@ class FineTuning(TransferModule):
         return self
 
     def on_fit_start(self) -> None:
-        # LP-FT's first step; skipped on resume, where the checkpoint already holds the head.
-        if self.head_init == "linear_probe" and self.trainer.ckpt_path is None:
+        if self.trainer.ckpt_path is not None:  # resumed: the checkpoint already holds the head
+            return
+        if self.head_init == "imagenet_rows":
+            copy_imagenet_rows(self, "model.head_init=imagenet_rows")
+        if self.head_init == "linear_probe":  # LP-FT's first step
             datamodule: Any = getattr(self.trainer, "datamodule", None)
             if not hasattr(datamodule, "feature_source"):
                 raise ValueError(

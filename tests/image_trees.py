@@ -10,10 +10,10 @@ from datamodules.imagenet_classes import IMAGENETTE
 
 
 def write_jpeg(path: Path, label: int, seed: int = 0, size: int = 24) -> None:
-    """A real JPEG whose red channel encodes `label` (plus a little noise)."""
+    """A real JPEG whose red channel encodes `label` (0 to 10, plus a little noise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     noise = torch.randint(0, 20, (3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    image = noise + torch.tensor([20 + 40 * label, 100, 120], dtype=torch.uint8)[:, None, None]
+    image = noise + torch.tensor([20 + 20 * label, 100, 120], dtype=torch.uint8)[:, None, None]
     path.write_bytes(encode_jpeg(image).numpy().tobytes())
 
 
