@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from image_trees import imagenet_tree
 
+from datamodules.imagenet_classes import IMAGENETTE
 from experiments.cli import CONFIGS, cli_main
 
 STACKED = [CONFIGS / "glue" / "feature_extraction.yaml"]  # pieces that stack on an experiment file
@@ -72,10 +74,12 @@ def logged_val_metrics(model) -> set[str]:
 
 
 def instantiate(config: Path, tmp: Path, *extra: str):
-    glue = ["--data.init_args.root", str(GLUE_FIXTURES), "--data.init_args.cache_dir", str(tmp / "cache")]
-    return cli_main(
-        ["-c", str(config), *extra, *csv_logger(tmp), *(glue if config.parent.name == "glue" else [])], run=False
-    )
+    data = []
+    if config.parent.name == "glue":
+        data = ["--data.init_args.root", str(GLUE_FIXTURES), "--data.init_args.cache_dir", str(tmp / "cache")]
+    if config.parent.name == "imagenette":
+        data = ["--data.init_args.root", str(imagenet_tree(tmp / "imagenette", {"val": 1}, IMAGENETTE))]
+    return cli_main(["-c", str(config), *extra, *csv_logger(tmp), *data], run=False)
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
