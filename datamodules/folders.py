@@ -36,6 +36,10 @@ class ImageFolderDataModule(TransferDataModule):
       carves are stratified and fixed by `seed`, made before the per-class cap;
     - `train_split: null`: no training data, every test image is tested (zero-shot evaluation).
 
+    So ImageNet or Imagenette (`train/`, `val/`) trains on `train/`, validates on `val_fraction` of it and
+    tests on `val/`; the Imagenette val archive (`val/` only) tests on 20 % of each class and trains and
+    validates on the rest; a `train/`, `val/`, `test/` tree is used as it is.
+
     Every split is checked for unreadable files (non-images, empty or truncated files) when it is set up.
 
     Args:
