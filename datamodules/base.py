@@ -115,6 +115,10 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         """(training pool, test split) without transforms; the pool is capped and split here."""
         raise NotImplementedError
 
+    def load_val(self) -> ImageDataset | None:
+        """A validation split of its own (capped like the test split); None: carved from the pool."""
+        return None
+
     # --- shared machinery --------------------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -150,12 +154,18 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         if self.datasets:
             return
         pool, test = self.load_splits()
-        validate_labels(pool.labels, self.num_classes, "train")
-        validate_labels(test.labels, self.num_classes, "test")
+        val = self.load_val()
+        for split, samples in (("train", pool), ("val", val), ("test", test)):
+            if samples is not None:
+                validate_labels(samples.labels, self.num_classes, split)
         pool = pool.subset(cap_per_class(pool.labels.numpy(), self.train_per_class, self.seed))
         test = test.subset(cap_per_class(test.labels.numpy(), self.test_per_class, self.seed))
-        train_idx, val_idx = stratified_split(pool.labels.numpy(), self.val_fraction, self.seed)
-        self._samples = {"train": pool.subset(train_idx), "val": pool.subset(val_idx), "test": test}
+        if val is None:  # carved from the capped pool
+            train_idx, val_idx = stratified_split(pool.labels.numpy(), self.val_fraction, self.seed)
+            pool, val = pool.subset(train_idx), pool.subset(val_idx)
+        else:
+            val = val.subset(cap_per_class(val.labels.numpy(), self.test_per_class, self.seed))
+        self._samples = {"train": pool, "val": val, "test": test}
         train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
         self.datasets = {
             split: samples.with_transform(train_tf if split == "train" else eval_tf)

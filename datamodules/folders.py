@@ -15,7 +15,7 @@ from datamodules.base import TransferDataModule, _require
 from datamodules.datasets import ImageDataset
 from datamodules.image_files import CheckedImageFolderDataset, OnBadFile, UnreadableImageError, find_unreadable
 from datamodules.image_folder import scan_image_folder
-from datamodules.splits import cap_per_class, stratified_split, validate_labels
+from datamodules.splits import stratified_split
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -194,21 +194,6 @@ class ImageFolderDataModule(TransferDataModule):
             return (test.subset([]), test) if self.train_split is None else self._carve(test)
         return pool, test
 
-    def setup(self, stage: str | None = None) -> None:
-        val_dir = None if self.datasets else self.split_folders()[1]
-        if val_dir is None:
-            super().setup(stage)
-            return
-        # A validation folder is used as it is: the whole (capped) pool trains.
-        pool, test = self.load_splits()
-        val = self._scan(val_dir)
-        samples = {
-            "train": (pool, self.train_per_class),
-            "val": (val, self.test_per_class),
-            "test": (test, self.test_per_class),
-        }
-        for split, (data, cap) in samples.items():
-            validate_labels(data.labels, self.num_classes, split)
-            self._samples[split] = data.subset(cap_per_class(data.labels.numpy(), cap, self.seed))
-        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
-        self.datasets = {s: d.with_transform(train_tf if s == "train" else eval_tf) for s, d in self._samples.items()}
+    def load_val(self) -> ImageDataset | None:
+        val_dir = self.split_folders()[1]
+        return self._scan(val_dir) if val_dir is not None else None
