@@ -2,12 +2,14 @@
 
 from lightning_modules.backbones import Backbone, backbone_preprocessing, create_backbone, register_backbone
 from lightning_modules.base import TransferModule
+from lightning_modules.distillation import Distillation
 from lightning_modules.feature_extraction import FeatureExtraction
 from lightning_modules.fine_tuning import FineTuning
 from lightning_modules.zero_shot import ZeroShot
 
 __all__ = [
     "Backbone",
+    "Distillation",
     "FeatureExtraction",
     "FineTuning",
     "TransferModule",

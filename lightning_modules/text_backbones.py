@@ -8,7 +8,8 @@ decay work on text as on images.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,22 @@ class TransformersBackbone(Backbone):
         if self.pooling == "pooler":
             groups.append(list(base.pooler.parameters()))
         return groups
+
+    def keep_layers(self, indices: Sequence[int]) -> None:
+        """Keep only the encoder layers `indices` (increasing), e.g. [0, 2, 4] of a 6-layer encoder: the
+        DistilBERT initialisation (Sanh et al. 2019) of a shallower student from every other layer."""
+        layers = self.model.base_model.encoder.layer
+        if not indices or list(indices) != sorted(set(indices)) or not 0 <= indices[0] <= indices[-1] < len(layers):
+            raise ValueError(
+                f"encoder layers to keep must be distinct increasing indices in [0, {len(layers)}), got {list(indices)}"
+            )
+        kept = nn.ModuleList(layers[i] for i in indices)
+        for position, layer in enumerate(kept):
+            for module in layer.modules():  # attention modules know their position (used by KV caches)
+                if hasattr(module, "layer_idx"):
+                    cast(Any, module).layer_idx = position
+        self.model.base_model.encoder.layer = kept
+        self.model.config.num_hidden_layers = len(kept)
 
 
 def load_encoder(name: str, pretrained: bool, pooling: Pooling, tokenizer: str | None = None) -> TransformersBackbone:
