@@ -82,9 +82,10 @@ def registry_teacher(name: str, weights: str | None, image_size: int | None) -> 
     try:
         backbone = create_backbone(name, pretrained=True, weights=weights)
     except PretrainedWeightsUnavailable as error:
+        reason = str(error).split(". Give a local file")[0]  # its remedy names the student's keys
         raise ValueError(
             f"model.teacher={name!r} needs its pretrained weights: give the file as model.teacher_weights or put "
-            f"it in $TRANSFER_WEIGHTS_DIR ({weights_dir()}). {error}"
+            f"it in $TRANSFER_WEIGHTS_DIR ({weights_dir()}); {reason}"
         ) from error
     head = backbone.pretrained_head()
     if head is None:
