@@ -6,8 +6,10 @@ import torch
 import yaml
 from image_trees import imagenet_tree
 
+from datamodules.glue import GLUE_TASKS
 from datamodules.imagenet_classes import IMAGENETTE
 from experiments.cli import CONFIGS, cli_main
+from lightning_modules import TransferModule, create_backbone
 
 STACKED = [CONFIGS / "glue" / "feature_extraction.yaml"]  # pieces that stack on an experiment file
 EXPERIMENTS = sorted(
@@ -73,12 +75,29 @@ def logged_val_metrics(model) -> set[str]:
     return names | {"val/score"}
 
 
+def stand_in_teacher(config: Path, tmp: Path) -> list[str]:
+    """Distillation configs name a teacher a fresh checkout lacks: random weights of the right shape."""
+    experiment = yaml.safe_load(config.read_text())
+    model = experiment["model"]
+    if isinstance(model, str):  # a model piece
+        model = yaml.safe_load((config.parent / model).read_text())
+    init = model["init_args"]
+    if init.get("teacher"):  # a registry backbone: its weights file
+        path = tmp / "teacher.pt"
+        torch.save(create_backbone(init["teacher"], pretrained=False).state_dict(), path)
+        return ["--model.init_args.teacher_weights", str(path)]
+    labels = GLUE_TASKS[experiment["data"]["init_args"]["task"]].labels  # a run's checkpoint of this task
+    teacher = TransferModule(backbone=init["backbone"], pretrained=False, num_classes=len(labels or [0]))
+    torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, tmp / "t.ckpt")
+    return ["--model.init_args.teacher_ckpt", str(tmp / "t.ckpt")]
+
+
 def instantiate(config: Path, tmp: Path, *extra: str):
-    data = []
+    data = stand_in_teacher(config, tmp) if config.stem.startswith("distill") else []
     if config.parent.name == "glue":
-        data = ["--data.init_args.root", str(GLUE_FIXTURES), "--data.init_args.cache_dir", str(tmp / "cache")]
+        data += ["--data.init_args.root", str(GLUE_FIXTURES), "--data.init_args.cache_dir", str(tmp / "cache")]
     if config.parent.name == "imagenette":
-        data = ["--data.init_args.root", str(imagenet_tree(tmp / "imagenette", {"val": 1}, IMAGENETTE))]
+        data += ["--data.init_args.root", str(imagenet_tree(tmp / "imagenette", {"val": 1}, IMAGENETTE))]
     return cli_main(["-c", str(config), *extra, *csv_logger(tmp), *data], run=False)
 
 
@@ -87,11 +106,11 @@ def test_every_experiment_config_instantiates_and_monitors_a_logged_metric(confi
     cli = instantiate(config, in_tmp)
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     if config.parent.name == "glue":
-        assert cli.datamodule.task == config.stem
+        assert cli.datamodule.task == config.stem.removeprefix("distill_")
         assert cli.datamodule.preprocessing.tokenizer == cli.model.backbone.preprocessing.tokenizer  # linked
     else:
         assert cli.datamodule.num_classes == 10
-        assert cli.datamodule.preprocessing.image_size == 224  # linked from the backbone
+        assert cli.datamodule.preprocessing.image_size == cli.model.backbone.preprocessing.image_size  # linked
     monitors = [cli.trainer.checkpoint_callback.monitor, cli.trainer.early_stopping_callback.monitor]
     assert set(monitors) <= logged_val_metrics(cli.model)
 
