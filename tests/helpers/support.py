@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules (on the path through pytest's `pythonpath = ["tests"]`)."""
+"""Helpers shared by the test modules (on the path through pytest's `pythonpath = ["tests/helpers"]`)."""
 
 from lightning import Callback, Trainer
 
