@@ -8,8 +8,6 @@ the range regression predictions are clipped to (`label_range`, STS-B 0-5). Rows
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+
+from datamodules.cache import write_atomically
 
 
 class PredictionWriter(Callback):
@@ -99,13 +99,6 @@ def format_predictions(outputs: Tensor, datamodule: Any) -> list[str]:
 
 
 def _write_tsv(path: Path, index: Tensor, predictions: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["index\tprediction", *(f"{i}\t{p}" for i, p in zip(index.tolist(), predictions, strict=True))]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)  # a half-written submission file never exists under its name
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Atomic: a half-written submission file never exists under its name.
+    write_atomically(path, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
