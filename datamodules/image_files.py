@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.functional import pil_to_tensor
 
-from datamodules.datasets import Indices, Transform
+from datamodules.datasets import Transform
 from datamodules.image_folder import ImageFolderDataset
 
 OnBadFile = Literal["error", "skip"]
@@ -125,10 +125,3 @@ class CheckedImageFolderDataset(ImageFolderDataset):
                 warnings.warn(message, stacklevel=2)
                 return image
             raise
-
-    def subset(self, indices: Indices) -> CheckedImageFolderDataset:
-        idx = np.asarray(indices, dtype=np.int64)
-        labels = self.labels[torch.as_tensor(idx)]
-        return CheckedImageFolderDataset(
-            self.root, self.files[idx], self.sizes[idx], labels, self.transform, self.on_bad_file
-        )

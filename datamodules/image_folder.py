@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Sequence
@@ -101,8 +102,9 @@ class ImageFolderDataset(ImageDataset):
 
     def subset(self, indices: Indices) -> ImageFolderDataset:
         idx = np.asarray(indices, dtype=np.int64)
-        labels = self.labels[torch.as_tensor(idx)]
-        return ImageFolderDataset(self.root, self.files[idx], self.sizes[idx], labels, self.transform)
+        view = copy.copy(self)  # keeps a subclass and its settings (e.g. on_bad_file)
+        view.files, view.sizes, view.labels = self.files[idx], self.sizes[idx], self.labels[torch.as_tensor(idx)]
+        return view
 
     def update_fingerprint(self, digest: hashlib._Hash) -> None:
         for name, size in zip(self.files.tolist(), self.sizes.tolist(), strict=True):
