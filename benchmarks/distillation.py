@@ -21,29 +21,17 @@ import argparse
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import Callback, Trainer
+from timing import timed_fit
 
 from datamodules import CIFAR10DataModule
 from lightning_modules import Distillation, TransferModule
 from lightning_modules.backbones import backbone_preprocessing
 
 WAYS = ("plain", "live", "cached")
-
-
-class EpochTimer(Callback):
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def teacher_arguments(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -70,20 +58,8 @@ def fit_time(way: str, datamodule: CIFAR10DataModule, teacher: dict[str, Any], a
         optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
         **teacher,
     )
-    timer = EpochTimer()
-    trainer = Trainer(
-        max_epochs=args.epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    total = time.perf_counter() - started
-    return timer.seconds[-1], total - sum(timer.seconds)
+    seconds, total = timed_fit(model, datamodule, max_epochs=args.epochs)
+    return seconds[-1], total - sum(seconds)
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ import time
 from functools import partial
 
 import torch
-from lightning import Callback, Trainer, seed_everything
+from lightning import Trainer, seed_everything
+from timing import timed_fit
 
 from datamodules import GLUEDataModule
 from lightning_modules import FineTuning
@@ -27,14 +28,6 @@ WAYS = {
     "dynamic padding": {},
     "dynamic + length grouping": {"group_by_length": True},
 }
-
-
-class EpochTimer(Callback):
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds = time.perf_counter() - self.started
 
 
 def one_epoch(args: argparse.Namespace, **padding: bool) -> tuple[float, float, float]:
@@ -56,22 +49,11 @@ def one_epoch(args: argparse.Namespace, **padding: bool) -> tuple[float, float, 
         optimizer=partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01),
         lr_scheduler=partial(WarmupLR, warmup=0.1, decay="linear"),  # the GLUE recipe
     )
-    timer = EpochTimer()
-    trainer = Trainer(
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
-    )
-    trainer.fit(model, datamodule=datamodule)
+    (epoch,), _ = timed_fit(model, datamodule, max_epochs=1)
     started = time.perf_counter()
     evaluator = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     (metrics,) = evaluator.validate(model, datamodule=datamodule, verbose=False)
-    return timer.seconds, time.perf_counter() - started, metrics["val/acc"]
+    return epoch, time.perf_counter() - started, metrics["val/acc"]
 
 
 def main() -> None:

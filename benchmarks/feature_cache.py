@@ -11,25 +11,13 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
-from lightning import Callback, Trainer
+from timing import timed_fit
 
 from datamodules import CIFAR10DataModule
 from lightning_modules import FeatureExtraction
 from lightning_modules.backbones import backbone_preprocessing
-
-
-class EpochTimer(Callback):
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def epoch_time(cached: bool, args: argparse.Namespace) -> tuple[float, float]:
@@ -44,20 +32,8 @@ def epoch_time(cached: bool, args: argparse.Namespace) -> tuple[float, float]:
         preprocessing=backbone_preprocessing(args.backbone),
     )
     model = FeatureExtraction(backbone=args.backbone, num_classes=10, cache_features=cached)
-    timer = EpochTimer()
-    trainer = Trainer(
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    total = time.perf_counter() - started
-    return timer.seconds[0], total - timer.seconds[0]
+    (epoch,), total = timed_fit(model, datamodule, max_epochs=1)
+    return epoch, total - epoch
 
 
 def main() -> None:
