@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import quiet_trainer
+from support import GLUE_FIXTURES, TINY_GLUE, quiet_trainer
 
 from callbacks.prediction_writer import PredictionWriter, _unique_sorted, format_predictions
 from datamodules import SyntheticDataModule, TextDataModule
@@ -11,8 +11,6 @@ from datamodules.glue import GLUE_TASKS
 from experiments.cli import CONFIGS, cli_main
 from lightning_modules import FineTuning
 from lightning_modules.backbones import backbone_preprocessing
-
-GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -62,12 +60,7 @@ def glue_predict(task: str, tmp_path: Path) -> Path:
             str(tmp_path),
             "--trainer.enable_progress_bar",
             "false",
-            "--model.init_args.backbone",
-            "tiny_bert",
-            "--model.init_args.pretrained",
-            "false",
-            "--data.init_args.root",
-            str(GLUE_FIXTURES),
+            *TINY_GLUE,
             "--data.init_args.cache_dir",
             str(tmp_path / "cache"),
             "--predictions.output_dir",

@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 from image_trees import imagenet_tree
+from support import GLUE_FIXTURES, TINY_GLUE
 
 from datamodules.glue import GLUE_TASKS
 from datamodules.imagenet_classes import IMAGENETTE
@@ -16,7 +17,6 @@ EXPERIMENTS = sorted(
     p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("trainer", "logger", "model") and p not in STACKED
 )
 PIECES = sorted(CONFIGS.glob("trainer/*.yaml")) + sorted(CONFIGS.glob("logger/*.yaml"))
-GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
 TINY = [
     "--model",
     "FineTuning",
@@ -200,16 +200,7 @@ def test_early_stopping_can_be_switched_off(in_tmp):
     assert cli.trainer.early_stopping_callback is None and cli.trainer.checkpoint_callback is not None
 
 
-TINY_TEXT = [
-    "-c",
-    str(CONFIGS / "glue" / "rte.yaml"),
-    "--model.init_args.backbone",
-    "tiny_bert",
-    "--model.init_args.pretrained",
-    "false",
-    "--data.init_args.root",
-    str(GLUE_FIXTURES),
-]
+TINY_TEXT = ["-c", str(CONFIGS / "glue" / "rte.yaml"), *TINY_GLUE]
 
 
 @pytest.mark.parametrize("task", [TINY, TINY_TEXT], ids=["vision", "text"])

@@ -1,6 +1,19 @@
 """Helpers shared by the test modules (on the path through pytest's `pythonpath = ["tests/helpers"]`)."""
 
+from pathlib import Path
+
 from lightning import Callback, Trainer
+
+GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
+# CLI overrides that run a GLUE config on the fixtures with a tiny random encoder.
+TINY_GLUE = [
+    "--model.init_args.backbone",
+    "tiny_bert",
+    "--model.init_args.pretrained",
+    "false",
+    "--data.init_args.root",
+    str(GLUE_FIXTURES),
+]
 
 
 def quiet_trainer(*callbacks: Callback, **kwargs) -> Trainer:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from lightning import Callback, LightningDataModule, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from support import quiet_trainer
+from support import GLUE_FIXTURES, quiet_trainer
 
 from datamodules import CIFAR10DataModule, GLUEDataModule, SyntheticDataModule
 from datamodules.transforms import image_transform
@@ -17,8 +17,6 @@ from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.cifar_resnet import CifarResNet
 from lightning_modules.losses import kd_loss
 from lightning_modules.teachers import Teacher
-
-GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
 
 
 def data(backbone: str = "tiny_mlp", **kwargs) -> SyntheticDataModule:

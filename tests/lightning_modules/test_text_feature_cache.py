@@ -6,14 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback, Trainer
+from support import GLUE_FIXTURES as FIXTURES
 from support import quiet_trainer
 
 from datamodules import GLUEDataModule
 from datamodules.samplers import EpochSeededRandomSampler
 from lightning_modules import FeatureExtraction, FineTuning
 from lightning_modules.backbones import backbone_preprocessing
-
-FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
 
 
 def glue(task: str, tmp_path: Path, **kwargs) -> GLUEDataModule:
