@@ -21,7 +21,7 @@ from datamodules.datasets import ImageDataset
 from datamodules.feature_inputs import FeatureInputs
 from datamodules.samplers import EpochSeededRandomSampler
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
-from datamodules.transforms import Preprocessing, image_transform
+from datamodules.transforms import MultiView, Preprocessing, image_transform, simclr_transform
 
 SPLITS = ("train", "val", "test")
 FINGERPRINT_VERSION = "transfer-data-v1"
@@ -44,6 +44,10 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         val_fraction: Fraction of the (capped) training pool held out, stratified, for validation.
         seed: Data seed for the per-class cap and the validation split (independent of the training seed).
         augment: Random crop (and flip where the data allows it) on the training split.
+        views: Augmented views per training image. 2 or more (contrastive pretraining) makes the training
+            split yield `pixel_values` [views, C, H, W] per image, each view drawn with the SimCLR recipe
+            (`simclr_transform`), and drops an incomplete last batch; validation, test and feature
+            extraction stay single un-augmented images.
         image_size: Side of the square model input; None uses `preprocessing.image_size`.
         preprocessing: Resolution, mean/std and interpolation the backbone expects (linked from the model).
         train_per_class: Cap on images per class in the training pool (balanced, chosen with `seed`).
@@ -64,6 +68,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augment: bool = True,
+        views: int = 1,
         image_size: int | None = None,
         preprocessing: Preprocessing | None = None,
         train_per_class: int | None = None,
@@ -75,6 +80,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         _require(num_workers >= 0, "num_workers", num_workers, ">= 0")
         _require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "in (0, 1)")
         _require(seed >= 0, "seed", seed, ">= 0")
+        _require(views >= 1, "views", views, ">= 1")
+        _require(augment or views == 1, "views", views, "1 with data.augment=false (identical views teach nothing)")
         _require(image_size is None or image_size >= 1, "image_size", image_size, ">= 1 or null")
         caps = (
             ("train_per_class", train_per_class),
@@ -96,6 +103,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.augment = augment
+        self.views = views
         self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing
         self.image_size = image_size if image_size is not None else self.preprocessing.image_size
         self.train_per_class = train_per_class if train_per_class is not None else max_per_class
@@ -148,6 +156,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         return self.train_per_class
 
     def transform(self, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        if train and self.views > 1:
+            return MultiView(simclr_transform(self.preprocessing, self.image_size, flip=self.flip), self.views)
         return image_transform(self.preprocessing, self.image_size, train=train, augment=self.augment, flip=self.flip)
 
     def setup(self, stage: str | None = None) -> None:
@@ -178,20 +188,23 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.setup()
         return self._samples[split]
 
-    def _loader(self, dataset: Dataset, shuffle: bool, persistent: bool = True) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, persistent: bool = True, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochSeededRandomSampler(dataset) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
         if self.input_encoder is not None:
             return self.feature_loader("train", shuffle=True)
         self.setup()
-        return self._loader(self.datasets["train"], shuffle=True)
+        # Contrastive views: a short last batch would have fewer negatives, a different loss scale.
+        drop_last = self.views > 1 and len(self._samples["train"]) >= self.batch_size
+        return self._loader(self.datasets["train"], shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         if self.input_encoder is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,3 +45,35 @@ def image_transform(
             steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocessing.mean, preprocessing.std)]
     return v2.Compose(steps)
+
+
+def simclr_transform(
+    preprocessing: Preprocessing, image_size: int, flip: bool = True, blur: bool | None = None
+) -> v2.Compose:
+    """uint8 CHW tensor -> one SimCLR view (Chen et al. 2020, appendix A; CIFAR strength s = 0.5): random
+    resized crop of 8-100 % of the area, horizontal flip when the data allows it, colour jitter
+    (0.4, 0.4, 0.4, 0.1) with p 0.8, greyscale with p 0.2, and Gaussian blur (kernel 10 % of the side,
+    p 0.5) only above 32 px: the paper drops it for CIFAR-sized images. `blur` forces it on or off."""
+    interpolation = InterpolationMode(preprocessing.interpolation)
+    steps: list[torch.nn.Module] = [
+        v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=interpolation, antialias=True)
+    ]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+    if image_size > 32 if blur is None else blur:
+        kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # odd
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocessing.mean, preprocessing.std)]
+    return v2.Compose(steps)
+
+
+class MultiView:
+    """`views` independent draws of `transform`, stacked: [views, C, H, W] per image (contrastive pairs)."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], views: int):
+        self.transform = transform
+        self.views = views
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.transform(image) for _ in range(self.views)])

@@ -2,6 +2,7 @@
 
 from lightning_modules.backbones import Backbone, backbone_preprocessing, create_backbone, register_backbone
 from lightning_modules.base import TransferModule
+from lightning_modules.contrastive import Contrastive
 from lightning_modules.distillation import Distillation
 from lightning_modules.feature_extraction import FeatureExtraction
 from lightning_modules.fine_tuning import FineTuning
@@ -9,6 +10,7 @@ from lightning_modules.zero_shot import ZeroShot
 
 __all__ = [
     "Backbone",
+    "Contrastive",
     "Distillation",
     "FeatureExtraction",
     "FineTuning",

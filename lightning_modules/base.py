@@ -7,6 +7,7 @@ from cross-entropy, how the loss is computed (`compute_loss`). Everything else l
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,9 @@ class TransferModule(LightningModule):
         val_names: Names of the validation sets, suffixes of their metrics (MNLI: `m`, `mm`); linked.
         pretrained: Start from the backbone's pretrained weights (an error if they cannot be obtained).
         weights: A local weights file for the backbone; wins over `pretrained`.
+        backbone_ckpt: A Lightning checkpoint of one of our runs (e.g. `Contrastive` pretraining): the
+            backbone starts from its `backbone.*` weights; projector and head are dropped. Wins over
+            `pretrained`; give it or `weights`, not both.
         head_dropout: Dropout before the linear head.
         label_smoothing: Label smoothing of the cross-entropy.
         optimizer: Optimizer class and its arguments; its `lr` is the base learning rate.
@@ -46,6 +50,7 @@ class TransferModule(LightningModule):
         num_classes: int = 10,
         pretrained: bool = True,
         weights: str | None = None,
+        backbone_ckpt: str | None = None,
         head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -60,7 +65,11 @@ class TransferModule(LightningModule):
             raise ValueError(f"model.num_classes must be at least 1 (1 = regression), got {num_classes}")
         self.backbone_name = backbone
         self.label_smoothing = label_smoothing
-        self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights)
+        if weights is not None and backbone_ckpt is not None:
+            raise ValueError("give model.weights or model.backbone_ckpt, not both: each sets the backbone's weights")
+        self.backbone = create_backbone(backbone, pretrained=pretrained and backbone_ckpt is None, weights=weights)
+        if backbone_ckpt is not None:
+            load_backbone_ckpt(self.backbone, backbone, backbone_ckpt)
         head = nn.Linear(self.backbone.num_features, num_classes)
         self.head = nn.Sequential(nn.Dropout(head_dropout), head) if head_dropout > 0 else head
         self.optimizer_factory = optimizer
@@ -202,6 +211,30 @@ class TransferModule(LightningModule):
         if isinstance(scheduler, ReduceLROnPlateau):
             return {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss", "strict": False}
         return {"scheduler": scheduler, "interval": "step"}
+
+
+def load_backbone_ckpt(backbone: nn.Module, name: str, path: str) -> None:
+    """Load the `backbone.*` weights of a TransferModule checkpoint (weights only) into `backbone` (`name`)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"model.backbone_ckpt: {path} does not exist")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"model.backbone_ckpt: cannot read {file}: {error}") from error
+    checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
+    weights = checkpoint.get("state_dict", checkpoint)
+    state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    if not state:
+        raise ValueError(f"model.backbone_ckpt: {file} holds no backbone.* weights (is it a checkpoint of a run?)")
+    source = checkpoint.get("hyper_parameters", {}).get("backbone")
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"model.backbone_ckpt: {file} holds a {source or 'different'} backbone, model.backbone is {name}: "
+            f"{str(error)[:300]}"
+        ) from None
 
 
 def _wants_total_steps(factory: Any) -> bool:

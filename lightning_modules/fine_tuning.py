@@ -68,7 +68,7 @@ class FineTuning(TransferModule):
         self.lr_decay = lr_decay
         if not 0 < lr_decay <= 1:
             raise ValueError(f"model.lr_decay must be in (0, 1], got {lr_decay}")
-        pretrained = self.hparams["pretrained"] or self.hparams["weights"] is not None
+        pretrained = self.hparams["pretrained"] or self.hparams["weights"] or self.hparams["backbone_ckpt"]
         self.bn_policy = bn_policy or ("eval" if pretrained else "train")
         if head_init == "linear_probe" and self.regression:
             raise ValueError("model.head_init=linear_probe fits a classifier; use `random` for regression tasks")
