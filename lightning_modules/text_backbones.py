@@ -90,7 +90,9 @@ def load_encoder(name: str, pretrained: bool, pooling: Pooling, tokenizer: str |
         if not pretrained:
             raise
         raise PretrainedWeightsUnavailable(name, f"transformers could not load them ({error})") from error
-    return TransformersBackbone(model, preprocessing, pooling)
+    # from_pretrained returns eval mode; like every other backbone this one starts in training mode (dropout
+    # on in loops outside Lightning, no "modules in eval mode" warning at fit start).
+    return TransformersBackbone(model.train(), preprocessing, pooling)
 
 
 def minilm_l6_path() -> str:

@@ -47,6 +47,14 @@ def test_minilm_l6_loads_offline_and_embeds_meaning(tokenizer):
     assert similar > 0.6 and unrelated < 0.3
 
 
+def test_pretrained_encoders_start_in_training_mode():
+    # transformers' from_pretrained returns eval mode, and Lightning keeps the modes it finds at fit start.
+    backbone = create_backbone("minilm_l6")
+    in_eval = [name for name, module in backbone.named_modules() if not module.training]
+    assert all(name.startswith("model.pooler") for name in in_eval)  # unused under mean pooling, frozen
+    assert backbone.model.encoder.training
+
+
 def test_mean_pooling_ignores_padding(tokenizer):
     backbone = create_backbone("tiny_bert", pretrained=False).eval()
     backbone.pooling = "mean"
