@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -83,6 +84,9 @@ class TransferCLI(LightningCLI):
         )
         for attribute in ("num_classes", "metrics", "val_names"):  # what the data says about its task
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
+        # Multi-task data says it per task. A link whose source attribute or target argument is missing (other
+        # datamodules, other strategies) is skipped by jsonargparse, so each pair gets only the links it has.
+        parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
 
     def instantiate_classes(self) -> None:
         try:
@@ -128,6 +132,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> TransferCLI:
 
 
 def main() -> None:
+    # `transfer ablate` runs many `transfer fit`s; it is no LightningCLI subcommand (it builds no Trainer).
+    if sys.argv[1:2] == ["ablate"]:
+        from experiments.ablate import main as ablate
+
+        sys.exit(ablate(sys.argv[2:]))
     cli_main()
 
 

@@ -6,6 +6,7 @@ from lightning_modules.contrastive import Contrastive
 from lightning_modules.distillation import Distillation
 from lightning_modules.feature_extraction import FeatureExtraction
 from lightning_modules.fine_tuning import FineTuning
+from lightning_modules.multi_task import MultiTask
 from lightning_modules.zero_shot import ZeroShot
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Distillation",
     "FeatureExtraction",
     "FineTuning",
+    "MultiTask",
     "TransferModule",
     "backbone_preprocessing",
     "create_backbone",

@@ -96,7 +96,9 @@ def stand_in_teacher(config: Path, tmp: Path) -> list[str]:
 def instantiate(config: Path, tmp: Path, *extra: str):
     data = stand_in_teacher(config, tmp) if config.stem.startswith("distill") else []
     if config.parent.name == "glue":
-        data += ["--data.init_args.root", str(GLUE_FIXTURES), "--data.init_args.cache_dir", str(tmp / "cache")]
+        data += ["--data.init_args.root", str(GLUE_FIXTURES)]
+        if not config.stem.startswith("multitask"):  # multi-task: root reaches every task, cache_dir is per task
+            data += ["--data.init_args.cache_dir", str(tmp / "cache")]
     if config.parent.name == "imagenette":
         data += ["--data.init_args.root", str(imagenet_tree(tmp / "imagenette", {"val": 1}, IMAGENETTE))]
     return cli_main(["-c", str(config), *extra, *csv_logger(tmp), *data], run=False)
@@ -105,6 +107,9 @@ def instantiate(config: Path, tmp: Path, *extra: str):
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_experiment_config_instantiates_and_monitors_a_logged_metric(config, in_tmp):
     cli = instantiate(config, in_tmp)
+    if hasattr(cli.datamodule, "task_specs"):  # multi-task: each task's classes and metrics, linked
+        check_multi_task(cli)
+        return
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     if config.parent.name == "glue":
         assert cli.datamodule.task == METHOD_TASKS.get(config.stem, config.stem.removeprefix("distill_"))
@@ -114,6 +119,20 @@ def test_every_experiment_config_instantiates_and_monitors_a_logged_metric(confi
         assert cli.datamodule.preprocessing.image_size == cli.model.backbone.preprocessing.image_size  # linked
     monitors = [cli.trainer.checkpoint_callback.monitor, cli.trainer.early_stopping_callback.monitor]
     assert set(monitors) <= logged_val_metrics(cli.model)
+
+
+def check_multi_task(cli) -> None:
+    specs = cli.datamodule.task_specs
+    assert cli.model.task_names == list(specs) and len(specs) >= 2
+    for task, member in cli.datamodule.members.items():
+        assert cli.model.heads[task].out_features == specs[task]["num_classes"] == member.num_classes
+        assert member.preprocessing == cli.datamodule.preprocessing  # the backbone's, through the multi-task data
+        if hasattr(member, "task"):  # GLUE: the task it names, from the folder given once as data.root
+            assert member.task == task and member.root == GLUE_FIXTURES
+    names = {f"val/{task}/{metric}{f'_{name}' if name else ''}" for task, spec in specs.items()
+             for metric in [*spec["metrics"], "score", "loss"] for name in spec["val_names"]}  # fmt: skip
+    names |= {f"val/{task}/score" for task in specs} | {"val/score", "val/loss"}
+    assert {cli.trainer.checkpoint_callback.monitor, cli.trainer.early_stopping_callback.monitor} <= names
 
 
 @pytest.mark.parametrize("piece", STACKED, ids=lambda p: f"{p.parent.name}/{p.name}")

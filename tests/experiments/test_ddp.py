@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,57 @@ def test_predict_under_ddp_writes_each_row_once_as_one_process_does(tmp_path):
     ids = [int(line.split("\t")[0]) for line in rows[1:]]
     assert ids == list(range(151))  # 76 + 75 rows from the two ranks
     assert rows == (tmp_path / "single" / "predictions.tsv").read_text().splitlines()
+
+
+# Multi-task: two tasks on synthetic images (the second a relabelling of another draw), every weighting.
+MULTI_TASKS = {
+    "fine": {"class_path": "datamodules.SyntheticDataModule", "init_args": {"num_samples": 96, "batch_size": 8}},
+    "coarse": {
+        "class_path": "datamodules.RelabeledDataModule",
+        "init_args": {
+            "source": {
+                "class_path": "datamodules.SyntheticDataModule",
+                "init_args": {"num_samples": 64, "batch_size": 8},
+            },
+            "groups": {"low": ["class_0", "class_1"], "high": ["class_2", "class_3"]},
+        },
+    },
+}
+UNUSED_HEADS = ["--trainer.strategy.init_args.find_unused_parameters", "true"]  # one task per step
+
+
+@pytest.mark.parametrize(
+    ("weighting", "sampling", "extra"),
+    [
+        ("Equal", "proportional", UNUSED_HEADS),
+        ("Uncertainty", "temperature", UNUSED_HEADS),
+        ("DWA", "uniform", UNUSED_HEADS),
+        ("GradNorm", "all", []),
+        ("PCGrad", "all", ["-c", str(CONFIGS / "trainer" / "bf16.yaml")]),
+    ],
+)
+def test_multi_task_weightings_under_ddp_keep_ranks_identical(tmp_path, weighting, sampling, extra):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    args = [
+        sys.executable, "-m", "experiments.cli", "fit",
+        "--model", "MultiTask", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
+        "--model.weighting", f"lightning_modules.weighting.{weighting}",
+        "--data", "MultiTaskDataModule", "--data.tasks", json.dumps(MULTI_TASKS), "--data.sampling", sampling,
+        "-c", str(CONFIGS / "trainer" / "ddp_cpu2.yaml"),
+        "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.max_epochs", "3",
+        "--checkpoint.monitor", "val/score", "--early_stopping.init_args.monitor", "val/score",
+        "--trainer.callbacks+", "rank_weights.SaveRankParameters",
+        "--trainer.callbacks.directory", str(tmp_path),
+        *extra,
+    ]  # fmt: skip
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    start = torch.load(tmp_path / "start_rank0.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and {"heads.fine.weight", "heads.coarse.weight"} <= rank0.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+        assert not torch.equal(rank0[name], start[name]), f"{name} never trained"
+    header = next((tmp_path / "runs").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"val/fine/acc", "val/coarse/acc", "val/score"} <= set(header)
