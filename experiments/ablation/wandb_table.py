@@ -1,0 +1,70 @@
+"""The study's table as a W&B Table, in a `summary` run of the study's group. Offline without
+credentials, like every run here; it never fails the study (a problem becomes a one-line message)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from experiments.ablation.report import Aggregate
+from experiments.tracking import wandb_credentials_found
+
+COLUMNS: list[str | int] = [
+    "arm",
+    "metric",
+    "n",
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "baseline",
+    "diff_vs_baseline",
+    "p_paired_t",
+]
+
+
+def table_rows(result: Aggregate) -> list[list[object]]:
+    rows = []
+    for r in result.rows:
+        s, t = r.summary, r.test
+        rows.append(
+            [r.arm, r.metric, s.n, s.mean, s.std, s.ci_low, s.ci_high, r.baseline, t and t.diff, t and t.p_ttest]
+        )
+    return rows
+
+
+def log_summary_table(result: Aggregate, project: str, directory: Path, entity: str | None = None) -> str:
+    """Log the table; returns what happened, for the terminal."""
+    try:
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE")
+        offline = mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_found())
+        directory.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=project,
+            entity=entity,
+            group=result.study.name,
+            job_type="summary",
+            name=f"{result.study.name}-summary",
+            dir=str(directory),
+            mode="offline" if offline else "online",
+            config={
+                "study_file": str(result.study.path),
+                "seeds": list(result.study.seeds),
+                "baseline": result.study.baseline,
+            },
+            settings=wandb.Settings(init_timeout=60, console="off", silent=True),
+        )
+        run.log({"results": wandb.Table(columns=COLUMNS, data=table_rows(result))})
+        for row in result.rows:
+            run.summary[f"{row.arm}/{row.metric}"] = row.summary.mean
+        run.finish()
+        where = (
+            f"offline in {directory}/wandb (sync with `wandb sync {directory}/wandb/offline-run-*`)"
+            if offline
+            else "online"
+        )
+        return f"W&B: summary table logged {where}, group {result.study.name}"
+    except Exception as error:  # tracking must not cost the study its report
+        return f"W&B: summary table not logged ({type(error).__name__}: {error})"
