@@ -7,7 +7,6 @@ from cross-entropy, how the loss is computed (`compute_loss`). Everything else l
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_modules.backbones import create_backbone
+from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.metrics import TaskMetrics
 
 Batch = dict[str, Tensor]
@@ -215,13 +215,7 @@ class TransferModule(LightningModule):
 
 def load_backbone_ckpt(backbone: nn.Module, name: str, path: str) -> None:
     """Load the `backbone.*` weights of a TransferModule checkpoint (weights only) into `backbone` (`name`)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"model.backbone_ckpt: {path} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"model.backbone_ckpt: cannot read {file}: {error}") from error
+    file, checkpoint = read_checkpoint(path, "model.backbone_ckpt")
     checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
     weights = checkpoint.get("state_dict", checkpoint)
     state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 
 from datamodules.transforms import Preprocessing
 from lightning_modules.backbones import Backbone, PretrainedWeightsUnavailable, create_backbone, weights_dir
+from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.text_backbones import TransformersBackbone
 
 
@@ -98,13 +98,7 @@ def registry_teacher(name: str, weights: str | None, image_size: int | None) -> 
 
 def checkpoint_teacher(path: str, image_size: int | None) -> Teacher:
     """Backbone + head of a TransferModule checkpoint (hyper_parameters name the backbone), weights only."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"model.teacher_ckpt: {path} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"model.teacher_ckpt: cannot read {file}: {error}") from error
+    file, checkpoint = read_checkpoint(path, "model.teacher_ckpt")
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in checkpoint:
         raise ValueError(f"model.teacher_ckpt: {file} is not a checkpoint of a TransferModule run (no backbone)")
