@@ -150,6 +150,8 @@ def execute(
     if earlier is not None:
         return earlier
     processes = processes or Processes()
+    if processes.stopping.is_set():  # Ctrl-C while runs were queued: announce and touch nothing more
+        return Outcome("not run")
     spec.directory.mkdir(parents=True, exist_ok=True)
     write_json(spec.directory / "run.json", {**asdict(spec), "directory": str(spec.directory), "cwd": str(spec.cwd)})
     started = time.perf_counter()

@@ -292,6 +292,7 @@ def test_ctrl_c_stops_the_study_and_rerunning_continues_where_it_stopped(fake, m
     assert "interrupted" in capsys.readouterr().out
     done = [p.parent.name for p in (out / "runs").glob("*/result.json")]
     assert len(done) == 2 and len(calls(out)) == 3  # base finished, fast seed 0 stopped, fast seed 1 not begun
+    assert len(list((out / "runs").glob("*/run.json"))) == 3  # the queued run was neither announced nor touched
     monkeypatch.delenv("FAKE_PLAN")
     assert run_fake(fake) == 0
     tries = calls(out)
