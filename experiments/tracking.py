@@ -25,6 +25,12 @@ def wandb_credentials_found() -> bool:
         return False
 
 
+def wandb_offline_by_default() -> bool:
+    """Offline when WANDB_MODE says so, or when it is unset and no credentials are found."""
+    mode = os.environ.get("WANDB_MODE")
+    return mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_found())
+
+
 class WandbLogger(LightningWandbLogger):
     """Lightning's WandbLogger with the defaults this project needs.
 
@@ -60,9 +66,8 @@ class WandbLogger(LightningWandbLogger):
     ):
         import wandb
 
-        mode = os.environ.get("WANDB_MODE")
         if offline is None:
-            offline = mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_found())
+            offline = wandb_offline_by_default()
         run_id = secrets.token_hex(4)
         run_dir = Path(save_dir) / (f"{name}-{run_id}" if name else run_id)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,10 @@ credentials, like every run here; it never fails the study (a problem becomes a 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from experiments.ablation.report import Aggregate
-from experiments.tracking import wandb_credentials_found
+from experiments.tracking import wandb_offline_by_default
 
 COLUMNS: list[str | int] = [
     "arm",
@@ -38,8 +37,7 @@ def log_summary_table(result: Aggregate, project: str, directory: Path, entity: 
     try:
         import wandb
 
-        mode = os.environ.get("WANDB_MODE")
-        offline = mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_found())
+        offline = wandb_offline_by_default()
         directory.mkdir(parents=True, exist_ok=True)
         run = wandb.init(
             project=project,
