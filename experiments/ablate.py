@@ -130,7 +130,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def print_plan(console: Console, plans: Sequence[ArmPlan], out: Path) -> None:
     from experiments.ablation.execute import finished_result, last_checkpoint
 
-    table = Table(title=f"{sum(len(p.runs) for p in plans)} runs under {out / 'runs'}", title_justify="left")
+    runs = {spec.digest for plan in plans for spec in plan.runs}
+    cells = sum(len(plan.runs) for plan in plans)
+    shared = f" ({cells} arm x seed cells: some arms share runs)" if cells > len(runs) else ""
+    table = Table(title=f"{len(runs)} runs under {out / 'runs'}{shared}", title_justify="left")
     for column in ("arm", "seed", "folder", "state"):
         table.add_column(column)
     for plan in plans:
@@ -172,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared: dict[str, list[str]] = {}
     for plan in plans:
         shared.setdefault(plan.runs[0].digest, []).append(plan.arm.name)
-    for arms in (arms for arms in shared.values() if len(arms) > 1):
+    for arms in (arms for arms in shared.values() if len(arms) > 1 and not study.arm(arms[0]).covered):
         console.print(f"[yellow]note[/]: arms {', '.join(arms)} resolve to the same config; they share their runs")
     if options.export_wandb_sweep:
         from experiments.ablation.sweep import export_sweep

@@ -118,8 +118,8 @@ def config_hash(hashed: dict[str, Any], seed: int) -> str:
 def _w_and_b(init_args: dict[str, Any], study: str, arm: Arm, seed: int) -> dict[str, Any]:
     """W&B grouping that reproduces the table: group = study, job type = arm, a tag per axis value."""
     tags = list(dict.fromkeys([*(init_args.get("tags") or []), *arm.labels]))
-    name = re.sub(r"[^\w.=,+-]", "-", f"{arm.name}-seed{seed}")
-    return {**init_args, "group": study, "job_type": arm.name[:64], "name": name, "tags": [t[:64] for t in tags]}
+    name = re.sub(r"[^\w.=,+-]", "-", f"{arm.run_name}-seed{seed}")
+    return {**init_args, "group": study, "job_type": arm.run_name[:64], "name": name, "tags": [t[:64] for t in tags]}
 
 
 def _logger(value: Any, directory: Path, study: str, arm: Arm, seed: int) -> Any:

@@ -70,22 +70,24 @@ def aggregate(study: Study, plans: Sequence[ArmPlan], outcomes: Mapping[str, Out
             )
             if outcome.finished:
                 values[plan.arm.name, spec.seed] = outcome.metrics
-    found = {name for metrics in values.values() for name in metrics}
-    rows = []
+    rows, unknown = [], []
     for metric in study.metrics:
         per_arm = {
             plan.arm.name: {
-                seed: m[metric] for (arm, seed), m in values.items() if arm == plan.arm.name and metric in m
+                seed: m[key]
+                for (arm, seed), m in values.items()
+                if arm == plan.arm.name and (key := plan.arm.metric_key(metric)) in m
             }
             for plan in plans
         }
+        if values and not any(per_arm.values()):
+            unknown.append(metric)
         for plan in plans:
             base = study.baseline_of(plan.arm)
             row = Row(plan.arm.name, metric, per_arm[plan.arm.name], summarize(list(per_arm[plan.arm.name].values())))
             if base is not None:
                 row.baseline, row.test = base.name, paired_test(row.values, per_arm[base.name])
             rows.append(row)
-    unknown = [m for m in study.metrics if values and m not in found]
     result = Aggregate(study, [plan.arm.name for plan in plans], rows, runs, unknown_metrics=unknown)
     result.curves = _curves(study, plans, outcomes)
     return result
@@ -95,19 +97,20 @@ def _curves(
     study: Study, plans: Sequence[ArmPlan], outcomes: Mapping[str, Outcome]
 ) -> dict[str, dict[str, list[Curve]]]:
     histories = {
-        plan.arm.name: [
+        plan.arm: [
             read_history(spec.directory) for spec in plan.runs if outcomes.get(spec.digest, Outcome("not run")).finished
         ]
         for plan in plans
     }
-    present = {key for runs in histories.values() for rows in runs for row in rows for key in row}
     wanted = list(study.curves) or list(dict.fromkeys(["val/loss", *(p.monitor for p in plans if p.monitor)]))
     curves: dict[str, dict[str, list[Curve]]] = {}
-    for metric in (m for m in wanted if m in present):
-        curves[metric] = {
-            arm: [[(row["epoch"], row[metric]) for row in rows if metric in row] for rows in runs]
-            for arm, runs in histories.items()
-        }
+    for metric in wanted:
+        per_arm = {}
+        for arm, runs in histories.items():
+            key = arm.metric_key(metric)
+            per_arm[arm.name] = [[(row["epoch"], row[key]) for row in rows if key in row] for rows in runs]
+        if any(curve for runs in per_arm.values() for curve in runs):
+            curves[metric] = per_arm
     return curves
 
 
@@ -225,13 +228,15 @@ def markdown_table(result: Aggregate, metric: str) -> str:
 def write_markdown(result: Aggregate, path: Path, command: str, plots: Mapping[str, str], wall: float | None) -> None:
     study = result.study
     total, done = len(result.runs), len(result.runs) - len(result.failed)
+    unique = {run["folder"]: run for run in result.runs}  # arms that cover an axis share their runs
+    shared = f" in {len(unique)} runs" if len(unique) < total else ""
     parts = [f"# Study `{study.name}`", ""]
     if study.description:
         parts += [study.description, ""]
     parts += [
         f"`{command}`",
         "",
-        f"{total} runs ({len(result.arms)} arms x seeds {', '.join(map(str, study.seeds))}): {done} finished"
+        f"{total} runs ({len(result.arms)} arms x seeds {', '.join(map(str, study.seeds))}{shared}): {done} finished"
         + (f", {len(result.failed)} not finished (below)." if result.failed else ".")
         + " Mean ± sample std over seeds; 95 % CI: Student-t interval of the mean; Δ: arm minus its baseline"
         " over the seeds both finished, with the two-sided paired t-test's p (results.csv also has an exact"
@@ -254,11 +259,11 @@ def write_markdown(result: Aggregate, path: Path, command: str, plots: Mapping[s
             f"| {r['arm']} | {r['seed']} | {r['status']} | {r['attempts']} | `{r['log']}` |" for r in result.failed
         ]
         parts += ["", "Re-run the same command to retry them; finished runs are not run again.", ""]
+    compute = sum(run["seconds"] for run in unique.values()) / 60
+    parts += [f"The runs took {compute:.1f} min in all (each run's wall time, retries included)."]
     if wall is not None:
-        parts += [
-            f"Wall time of this invocation: {wall / 60:.1f} min. Runs: `{Path(result.runs[0]['folder']).parent}`.",
-            "",
-        ]
+        parts[-1] += f" Wall time of the last invocation: {wall / 60:.1f} min."
+    parts += [f"Runs: `{Path(result.runs[0]['folder']).parent}`.", ""]
     path.write_text("\n".join(parts))
 
 

@@ -10,6 +10,7 @@ axes:                                         # crossed with each other, in this
   strategy:                                   # named arms, each a set of overrides (`config`: files)
     fine_tuning: {}
     feature_extraction: {config: ../configs/glue/feature_extraction.yaml}
+    multi_task: {config: ../configs/glue/multitask_small.yaml, covers: task}  # see below
 arms:                                         # named arms outside the grid (or the only axis)
   no_kd: {model.init_args.alpha: 0.0}
 seeds: [0, 1, 2]
@@ -17,6 +18,10 @@ metrics: [test/acc]                           # read from each run's results.jso
 baseline: no_kd                               # an arm, a label of one axis, or {axis: label}
 curves: [val/acc]                             # optional; default: val/loss and the checkpoint monitor
 ```
+
+`covers: <axis>` makes one run serve every value of another axis: a multi-task run trains all the tasks
+at once. The arm ignores that axis's files and keys (so its arms, one per task, share their runs) and
+reads each metric for its task: `test/score` of arm `rte,multi_task` is the run's `test/rte/score`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Choice:
     label: str
     configs: tuple[Path, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
+    covers: str | None = None  # an axis whose values this choice's one run serves (multi-task)
 
 
 @dataclass(frozen=True)
@@ -59,13 +65,34 @@ class Arm:
     choices: tuple[Choice, ...]
 
     @property
+    def covered(self) -> set[str]:
+        return {choice.covers for choice in self.choices if choice.covers}
+
+    @property
+    def own_choices(self) -> tuple[Choice, ...]:
+        """The choices that shape the arm's runs: all but those of an axis another choice covers."""
+        return tuple(choice for choice in self.choices if choice.axis not in self.covered)
+
+    @property
     def labels(self) -> list[str]:
-        """One tag per axis value (W&B tags)."""
-        return [choice.label for choice in self.choices]
+        """One tag per axis value of its runs (W&B tags)."""
+        return [choice.label for choice in self.own_choices]
+
+    @property
+    def run_name(self) -> str:
+        """What its runs are (W&B job type): the arm's name, less the values its runs cover."""
+        return ",".join(self.labels) if self.covered else self.name
 
     @property
     def assignment(self) -> dict[str, str]:
         return {choice.axis: choice.label for choice in self.choices}
+
+    def metric_key(self, metric: str) -> str:
+        """Where its runs hold `metric`: `test/score` -> `test/rte/score` when they cover task `rte`."""
+        stage, slash, name = metric.partition("/")
+        if not slash:
+            return metric  # fit_seconds and the like: the whole run's
+        return "/".join([stage, *(self.assignment[axis] for axis in sorted(self.covered)), name])
 
 
 @dataclass(frozen=True)
@@ -90,8 +117,9 @@ class Study:
     def config_args(self, arm: Arm, configs: Sequence[Path] = (), sets: Sequence[tuple[str, Any]] = ()) -> list[str]:
         """The arm's `transfer fit` arguments: every `-c` file first (study, arm, command line), then the
         keys (study, arm, `--set`), so a key always wins over a file and the command line wins last."""
-        files = [*self.configs, *(path for choice in arm.choices for path in choice.configs), *configs]
-        keys = [*self.overrides, *(item for choice in arm.choices for item in choice.overrides), *sets]
+        own = arm.own_choices
+        files = [*self.configs, *(path for choice in own for path in choice.configs), *configs]
+        keys = [*self.overrides, *(item for choice in own for item in choice.overrides), *sets]
         args = [arg for path in files for arg in ("-c", str(path))]
         return args + [arg for key, value in keys for arg in (f"--{key}", cli_value(value))]
 
@@ -168,9 +196,27 @@ def _named_choices(path: Path, where: str, axis: str, value: Any) -> list[Choice
     for label, overrides in value.items():
         if not isinstance(label, str) or not label.strip():
             raise _error(path, where, f"an arm name must be a non-empty string, got {label!r}")
+        covers = None
+        if isinstance(overrides, Mapping) and "covers" in overrides:
+            overrides = dict(overrides)
+            covers = overrides.pop("covers")
         configs, keys = _overrides(path, f"{where}.{label}", overrides)
-        choices.append(Choice(axis, label, configs, keys))
+        choices.append(Choice(axis, label, configs, keys, covers))
     return choices
+
+
+def _check_covers(path: Path, grid: list[list[Choice]], arms: list[Choice]) -> None:
+    axes = {choices[0].axis for choices in grid}
+    covering = {choice.axis for choices in grid for choice in choices if choice.covers}
+    for choice in arms:
+        if choice.covers is not None:
+            raise _error(path, f"arms.{choice.label}.covers", "only an axis value can cover another axis")
+    for choice in (choice for choices in grid for choice in choices if choice.covers is not None):
+        where = f"axes.{choice.axis}.{choice.label}.covers"
+        if choice.covers not in axes - {choice.axis}:
+            raise _error(path, where, f"{choice.covers!r} is not another axis ({', '.join(sorted(axes))})")
+        if choice.covers in covering:
+            raise _error(path, where, f"axis {choice.covers!r} has values that cover an axis themselves")
 
 
 def _axes(path: Path, axes: Any) -> list[list[Choice]]:
@@ -238,8 +284,9 @@ def load_study(path: Path) -> Study:
 
     grid = _axes(path, raw["axes"]) if raw.get("axes") else []
     arms = [Arm(",".join(c.label for c in combo), combo) for combo in itertools.product(*grid)] if grid else []
-    if raw.get("arms"):
-        arms += [Arm(c.label, (c,)) for c in _named_choices(path, "arms", ARM_AXIS, raw["arms"])]
+    extra = _named_choices(path, "arms", ARM_AXIS, raw["arms"]) if raw.get("arms") else []
+    _check_covers(path, grid, extra)
+    arms += [Arm(c.label, (c,)) for c in extra]
     names = [arm.name for arm in arms]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -36,7 +36,7 @@ def _piece(plan: ArmPlan, study: Study) -> dict[str, Any]:
     if isinstance(logger, dict) and logger.get("class_path") == WANDB_LOGGER:
         init_args = dict(logger.get("init_args") or {})
         tags = list(dict.fromkeys([*(init_args.get("tags") or []), *plan.arm.labels]))
-        init_args.update(group=study.name, job_type=plan.arm.name[:64], tags=[t[:64] for t in tags])
+        init_args.update(group=study.name, job_type=plan.arm.run_name[:64], tags=[t[:64] for t in tags])
         config["trainer"] = {**config["trainer"], "logger": {**logger, "init_args": init_args}}
     return config
 
@@ -53,10 +53,11 @@ def export_sweep(study: Study, plans: Sequence[ArmPlan], path: Path, seeds: Sequ
     pieces = path.parent / path.stem
     pieces.mkdir(parents=True, exist_ok=True)
     files = []
-    for plan in plans:
-        piece = pieces / f"{slug(plan.arm.name)}.yaml"
+    unique = {plan.runs[0].digest: plan for plan in reversed(plans)}  # arms that share runs: one piece, the first
+    for plan in (plan for plan in plans if unique[plan.runs[0].digest] is plan):
+        piece = pieces / f"{slug(plan.arm.run_name)}.yaml"
         piece.write_text(
-            f"# {study.name}, arm {plan.arm.name}: resolved by `transfer ablate`\n"
+            f"# {study.name}, arm {plan.arm.run_name}: resolved by `transfer ablate`\n"
             + yaml.safe_dump(_piece(plan, study), sort_keys=False)
         )
         files.append(_relative(piece))
@@ -83,7 +84,7 @@ def export_sweep(study: Study, plans: Sequence[ArmPlan], path: Path, seeds: Sequ
     }
     header = HEADER.format(
         study_file=study.path,
-        arms=len(plans),
+        arms=len(files),
         seeds=len(sweep["parameters"]["seed_everything"]["values"]),
         cwd=os.getcwd(),
         path=_relative(path),

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from experiments import ablate
 from experiments.ablation import stats
 from experiments.ablation.execute import Outcome
-from experiments.ablation.plan import config_hash, plan_study, resolve
+from experiments.ablation.plan import WANDB_LOGGER, config_hash, plan_study, resolve, runtime_args
 from experiments.ablation.progress import Display
 from experiments.ablation.recorder import RunRecorder
 from experiments.ablation.report import aggregate, markdown_table
@@ -222,7 +222,8 @@ def test_shipped_studies_dry_run_without_data(path, in_tmp, capsys):
     study = load_study(path)
     assert ablate.main([str(path), "--dry-run", "--set", "data.init_args.root=/no/data/here"]) == 0
     out = capsys.readouterr().out
-    assert f"{len(study.arms) * len(study.seeds)} runs" in out and "transfer fit" in out
+    runs = len({tuple(study.config_args(arm)) for arm in study.arms}) * len(study.seeds)  # multi-task arms share
+    assert f"{runs} runs" in out and "transfer fit" in out
     assert all(arm.name in out for arm in study.arms)
     assert not (in_tmp / "runs").exists()  # a dry run writes nothing
     assert study.baseline is not None and len(study.seeds) >= 2
@@ -391,6 +392,62 @@ def test_aggregate_compares_each_task_with_its_own_baseline(tmp_path):
     table = markdown_table(result, "test/acc")  # the best of each task in bold
     assert "| **a,ft** (baseline) | 2 | 0.7500 ± 0.0707 |" in table and "| **b,fe** | 1 | 0.9000 ± - |" in table
     assert "| a,fe | 2 |" in table and "| b,ft (baseline) |" in table
+
+
+def test_a_value_that_covers_an_axis_runs_once_for_all_its_values_and_reports_each_task(tmp_path):
+    """A multi-task arm: one run per seed serves every task; `test/acc` of `b,mt` is its `test/b/acc`."""
+    study = load_study(
+        write_study(
+            tmp_path / "mt.yaml",
+            config=CSV,
+            overrides=TINY,
+            seeds=[0, 1],
+            axes={
+                "task": {"a": {}, "b": {"data.init_args.num_samples": 32}},
+                "strategy": {"ft": {}, "mt": {"covers": "task", "model.init_args.head_lr": 0.1}},
+            },
+            baseline="ft",
+            curves=["val/acc"],
+        )  # fmt: skip
+    )
+    plans = {plan.arm.name: plan for plan in plan_study(study, tmp_path / "out")}
+    digests = {task: [spec.digest for spec in plans[f"{task},mt"].runs] for task in "ab"}
+    assert digests["a"] == digests["b"]  # the task's keys are not applied: one shared run per seed
+    assert "--data.init_args.num_samples" not in plans["b,mt"].config_args
+    assert plans["a,ft"].runs[0].digest != plans["b,ft"].runs[0].digest
+    assert plans["b,mt"].arm.run_name == "mt" and plans["b,mt"].arm.labels == ["mt"]
+    wandb = {"trainer": {"logger": {"class_path": WANDB_LOGGER, "init_args": {"tags": ["x"]}}}}
+    logged = " ".join(runtime_args(wandb, tmp_path, "mt", plans["b,mt"].arm, 0))
+    assert '"job_type": "mt"' in logged and '"tags": ["x", "mt"]' in logged
+    ft = {("a", 0): 0.7, ("a", 1): 0.8, ("b", 0): 0.5, ("b", 1): 0.6}
+    outcomes = {plans[f"{t},ft"].runs[seed].digest: Outcome("done", {"test/acc": v}) for (t, seed), v in ft.items()}
+    for seed in (0, 1):  # what a multi-task run logs: one value per task, plus its whole fit time
+        metrics = {"test/a/acc": 0.75 + seed / 10, "test/b/acc": 0.4, "fit_seconds": 9.0}
+        outcomes[plans["a,mt"].runs[seed].digest] = Outcome("done", metrics)
+        history = {"epoch": 0, "val/a/acc": 0.3, "val/b/acc": 0.2}
+        plans["a,mt"].runs[seed].directory.mkdir(parents=True)
+        (plans["a,mt"].runs[seed].directory / "history.jsonl").write_text(json.dumps(history) + "\n")
+    result = aggregate(study, list(plans.values()), outcomes)
+    rows = {row.arm: row for row in result.rows_of("test/acc")}
+    assert rows["a,mt"].values == {0: 0.75, 1: 0.85} and rows["a,mt"].test.diff == pytest.approx(0.05)
+    assert rows["b,mt"].values == {0: 0.4, 1: 0.4} and rows["b,mt"].baseline == "b,ft"
+    assert result.unknown_metrics == []
+    assert result.curves["val/acc"]["b,mt"] == [[(0, 0.2)], [(0, 0.2)]]
+
+
+@pytest.mark.parametrize(
+    ("axes", "arms", "named"),
+    [
+        ({"task": {"a": {}}, "strategy": {"mt": {"covers": "tasks"}}}, None, "axes.strategy.mt.covers"),
+        ({"task": {"a": {}}, "strategy": {"mt": {"covers": "strategy"}}}, None, "axes.strategy.mt.covers"),
+        ({"task": {"a": {"covers": "strategy"}}, "strategy": {"mt": {"covers": "task"}}}, None, "covers"),
+        ({"task": {"a": {}}}, {"mt": {"covers": "task"}}, "arms.mt.covers"),
+    ],
+)
+def test_covers_must_name_another_axis(tmp_path, axes, arms, named):
+    path = write_study(tmp_path / "bad.yaml", axes=axes, **({"arms": arms} if arms else {}))
+    with pytest.raises(StudyError, match=named.replace(".", r"\.")):
+        load_study(path)
 
 
 def test_sweep_export_lists_every_arm_and_seed_and_each_piece_resolves_to_the_same_run(fake, in_tmp):
