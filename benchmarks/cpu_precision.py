@@ -1,0 +1,117 @@
+"""Benchmark 4: bf16 autocast against fp32 on the CPU, and channels_last against contiguous CNN inference.
+
+Training steps (forward, loss, backward, SGD step) of a CNN (torchvision ResNet-18 at 64 px, batch 64)
+and of a transformer layer (BERT-base shape scaled to MiniLM: hidden 384, 12 heads, 128 tokens, batch
+32), each in fp32 and under `torch.autocast("cpu", torch.bfloat16)`; and ResNet-18 inference at 128 px
+in the default (contiguous) layout against `channels_last`. CPUs with avx512_bf16 or AMX run bf16
+matmuls natively; without them bf16 is emulated and slower, which is why `precision: auto` only picks
+bf16-mixed where those instructions exist.
+
+    python benchmarks/cpu_precision.py [--pairs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+from harness import TABLE_HEADER, Comparison, compare, machine, markdown_row
+from torch import nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertLayer
+
+
+def seconds_per_call(step: Callable[[], None], calls: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    started = time.perf_counter()
+    for _ in range(calls):
+        step()
+    return (time.perf_counter() - started) / calls
+
+
+def training_step(network: nn.Module, inputs: torch.Tensor, loss_of: Callable, bf16: bool) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-3)
+
+    def step() -> None:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = loss_of(network(inputs))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def cnn_step(bf16: bool) -> Callable[[], None]:
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=10).train()
+    images, labels = torch.randn(64, 3, 64, 64), torch.randint(0, 10, (64,))
+    return training_step(network, images, lambda logits: nn.functional.cross_entropy(logits.float(), labels), bf16)
+
+
+def transformer_step(bf16: bool) -> Callable[[], None]:
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    config._attn_implementation = "sdpa"
+    layer = BertLayer(config).train()
+    hidden = torch.randn(32, 128, 384)
+
+    def loss_of(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return (out[0] if isinstance(out, tuple) else out).float().pow(2).mean()
+
+    return training_step(layer, hidden, loss_of, bf16)
+
+
+def cnn_inference(channels_last: bool) -> Callable[[], None]:
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=10).eval()
+    images = torch.randn(32, 3, 128, 128)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode():
+            network(images)
+
+    return step
+
+
+def run(pairs: int, calls: int) -> list[tuple[Comparison, str, bool]]:
+    results = []
+    for name, build, a_label, b_label, target, floor in (
+        ("ResNet-18 training step, 64 px", cnn_step, "fp32", "bf16 autocast", ">= 1.4x", 1.4),
+        ("transformer layer training step", transformer_step, "fp32", "bf16 autocast", ">= 1.4x", 1.4),
+        ("ResNet-18 inference, 128 px", cnn_inference, "contiguous", "channels_last", ">= 1.1x", 1.1),
+    ):
+        a, b = (
+            functools.partial(seconds_per_call, build(False), calls),
+            functools.partial(seconds_per_call, build(True), calls),
+        )
+        result = compare(name, a_label, a, b_label, b, pairs)
+        result.a, result.b = [1 / s for s in result.a], [1 / s for s in result.b]  # steps per second: B/A = speed-up
+        result.unit = "steps/s"
+        results.append((result, target, result.median >= floor))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=5, help="timed steps per measurement")
+    args = parser.parse_args()
+    print(machine())
+    print(TABLE_HEADER)
+    for result, target, passed in run(args.pairs, args.calls):
+        print(markdown_row(result, target, passed))
+
+
+if __name__ == "__main__":
+    main()

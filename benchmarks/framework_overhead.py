@@ -1,0 +1,160 @@
+"""Benchmark 1: a framework training step against a hand-written PyTorch loop doing the same work.
+
+Same network (same initial weights), same batches in the same order, same SGD optimizer: A is a plain
+`for batch in loader: forward, cross-entropy, backward, step` loop; B is `FineTuning` fitted by a
+Lightning Trainer as the CLI builds it (torchmetrics accuracy, logging every 5 steps to a CSV logger;
+no progress bar, checkpoint or validation, which are not part of a step). Both time the same steps
+after a warm-up. Two models: a realistic CNN step (ResNet-20, CIFAR-sized batches of 128) and a micro
+MLP step, where any fixed per-step cost shows. The final losses of A and B must agree to 1e-5.
+
+    python benchmarks/framework_overhead.py [--pairs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from harness import TABLE_HEADER, Comparison, compare, machine, markdown_row
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules import FineTuning
+
+LOG_EVERY_N_STEPS = 5  # experiments/configs/defaults.yaml
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    backbone: str
+    shape: tuple[int, ...]
+    batch_size: int
+    steps: int
+    warmup: int
+
+
+WORKLOADS = {
+    "cnn": Workload("ResNet-20 step (batch 128, 32 px)", "cifar_resnet20", (3, 32, 32), 128, 30, 5),
+    "mlp": Workload("micro MLP step (batch 64)", "tiny_mlp", (3, 16, 16), 64, 400, 50),
+}
+
+
+def batches(work: Workload) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(work.batch_size * work.steps, *work.shape, generator=generator)
+    labels = torch.randint(0, 10, (len(images),), generator=generator)
+    dataset = TensorDataset(images, labels)
+    return DataLoader(dataset, batch_size=work.batch_size, collate_fn=lambda rows: _as_dict(rows))
+
+
+def _as_dict(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    images, labels = zip(*rows, strict=True)
+    return {"pixel_values": torch.stack(images), "labels": torch.stack(labels)}
+
+
+def model(work: Workload) -> FineTuning:
+    torch.manual_seed(0)
+    return FineTuning(
+        backbone=work.backbone,
+        pretrained=False,
+        num_classes=10,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9),
+    )
+
+
+def hand_written(work: Workload) -> tuple[float, float]:
+    """(seconds of the timed steps, last loss) of a plain PyTorch loop."""
+    net = model(work)
+    network = nn.Sequential(net.backbone, net.head).train()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
+    started = 0.0
+    for step, batch in enumerate(batches(work)):
+        if step == work.warmup:
+            started = time.perf_counter()
+        loss = nn.functional.cross_entropy(network(batch["pixel_values"]), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started, loss.item()
+
+
+class StepTimer(Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.started, self.ended, self.loss = warmup, 0.0, 0.0, float("nan")
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.ended = time.perf_counter()
+        self.loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+
+
+def framework(work: Workload) -> tuple[float, float]:
+    """(seconds of the timed steps, last loss) of the same steps through FineTuning and a Trainer."""
+    timer = StepTimer(work.warmup)
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=CSVLogger(logs),
+            log_every_n_steps=LOG_EVERY_N_STEPS,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+        )
+        trainer.fit(model(work), train_dataloaders=batches(work))
+    return timer.ended - timer.started, timer.loss
+
+
+def ms_per_step(way: Callable[[Workload], tuple[float, float]], work: Workload, losses: dict, key: str) -> float:
+    seconds, losses[key] = way(work)
+    return seconds / (work.steps - work.warmup) * 1e3
+
+
+def run(pairs: int) -> list[tuple[Comparison, str, bool, str]]:
+    results = []
+    for key, work in WORKLOADS.items():
+        losses: dict[str, float] = {}
+        a = functools.partial(ms_per_step, hand_written, work, losses, "a")
+        b = functools.partial(ms_per_step, framework, work, losses, "b")
+        result = compare(work.name, "PyTorch loop", a, "framework", b, pairs)
+        result.unit = "ms/step"
+        same = abs(losses["a"] - losses["b"]) <= 1e-5
+        if key == "cnn":
+            target, passed = "overhead <= 3 %", result.median <= 1.03
+        else:
+            overhead = sorted(b - a for a, b in zip(result.a, result.b, strict=True))[len(result.a) // 2]
+            target, passed = f"<= 1 ms/step (median {overhead:+.3f} ms)", overhead <= 1.0
+        note = f"final losses {losses['a']:.6f} / {losses['b']:.6f} ({'equal' if same else 'DIFFER'} to 1e-5)"
+        results.append((result, target, passed and same, note))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=5)
+    args = parser.parse_args()
+    print(machine())
+    print(TABLE_HEADER)
+    notes = []
+    for result, target, passed, note in run(args.pairs):
+        print(markdown_row(result, target, passed))
+        notes.append(f"{result.name}: {note}")
+    print("\n" + "\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()
