@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datamodules.collate import LengthGroupedSampler
 from datamodules.composition import DataModuleFactory, build_member, loaders_of, with_collate
 from datamodules.transforms import Preprocessing
 
@@ -35,6 +36,7 @@ TASK_WEIGHTS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 EPOCH_LENGTH: dict[str, Callable[[Sequence[float]], float]] = {"max_size_cycle": max, "min_size": min}
 TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _ORDER = 11  # stream id of the task order: independent of the row streams, [seed, epoch, task, cycle]
+_GROUPS = 13  # stream id of the order of length-grouped batches within a chunk
 
 
 def check_task_names(names: Sequence[str], key: str) -> None:
@@ -84,11 +86,16 @@ class TaskSchedule(DistributedSampler):
     `batch_size * num_replicas` rows of it and rank r its r-th slice. It is a `DistributedSampler` so that
     Lightning leaves it in place under DDP; Lightning calls `set_epoch`.
 
+    A task given `lengths` has its batches grouped by length, as `LengthGroupedSampler` does for one
+    task: each chunk of `chunk_batches` batches of its stream is sorted by length, cut into batches, and
+    those batches are shuffled (less padding, the same rows per epoch).
+
     Args:
         sizes: Rows of each task.
         batch_sizes: Rows per batch (per rank) of each task.
         probabilities: Each task's share of the steps.
         steps: Steps per epoch.
+        lengths: Per task, each row's length to group batches by, or None (random batches).
     """
 
     def __init__(
@@ -100,6 +107,8 @@ class TaskSchedule(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int | None = None,
+        lengths: Sequence[Sequence[int] | np.ndarray | None] | None = None,
+        chunk_batches: int = 50,
     ):
         if seed is None:
             seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -113,6 +122,10 @@ class TaskSchedule(DistributedSampler):
         self.batch_sizes = list(batch_sizes)
         self.counts = apportion(probabilities, steps)
         self.steps = steps
+        self.lengths = [None if n is None else np.asarray(n) for n in (lengths or [None] * len(sizes))]
+        if len(self.lengths) != len(self.sizes) or chunk_batches < 1:
+            raise ValueError(f"lengths must name {len(self.sizes)} tasks and chunk_batches be >= 1")
+        self.chunk_batches = chunk_batches
 
     def __len__(self) -> int:
         return self.steps
@@ -124,13 +137,23 @@ class TaskSchedule(DistributedSampler):
 
     def _batches(self, task: int) -> Iterator[np.ndarray]:
         width = self.batch_sizes[task] * self.num_replicas
-        buffer, cycle = np.empty(0, dtype=np.int64), 0
+        lengths = self.lengths[task]
+        chunk_size = width * (self.chunk_batches if lengths is not None else 1)
+        buffer, cycle, chunk = np.empty(0, dtype=np.int64), 0, 0
         while True:
-            while len(buffer) < width:
+            while len(buffer) < chunk_size:
                 rng = np.random.default_rng([self.seed, self.epoch, task, cycle])
                 buffer, cycle = np.concatenate([buffer, rng.permutation(self.sizes[task])]), cycle + 1
-            rows, buffer = buffer[:width], buffer[width:]
-            yield rows[self.rank * self.batch_sizes[task] : (self.rank + 1) * self.batch_sizes[task]]
+            rows, buffer = buffer[:chunk_size], buffer[chunk_size:]
+            batches = rows.reshape(-1, width)
+            if lengths is not None:  # longest first, then the chunk's batches in random order
+                batches = rows[np.argsort(-lengths[rows], kind="stable")].reshape(-1, width)
+                batches = batches[
+                    np.random.default_rng([self.seed, self.epoch, task, chunk, _GROUPS]).permutation(len(batches))
+                ]
+            chunk += 1
+            for batch in batches:
+                yield batch[self.rank * self.batch_sizes[task] : (self.rank + 1) * self.batch_sizes[task]]
 
     def __iter__(self) -> Iterator[tuple[int, list[int]]]:  # type: ignore[override]
         streams = [self._batches(task) for task in range(len(self.sizes))]
@@ -178,7 +201,8 @@ class MultiTaskDataModule(L.LightningDataModule):
     - `proportional`, `uniform`, `temperature`: one task's batch per step, task t drawn with probability
       p_t from its batches per epoch n_t (`task_probabilities`); each epoch holds exactly round(p_t * steps)
       steps of task t, in random order (`TaskSchedule`), the same on every rank. `proportional` with the
-      default `epoch` is MT-DNN's: every batch of every task once per epoch.
+      default `epoch` is MT-DNN's: every batch of every task once per epoch. A member's `group_by_length`
+      is kept: its batches hold rows of similar lengths.
 
     Epoch length (`epoch`): `max_size_cycle` lasts until the task that runs out last has been through its
     batches, the others cycling; `min_size` ends when the first task runs out (task t runs out after
@@ -309,7 +333,19 @@ class MultiTaskDataModule(L.LightningDataModule):
         batches = [math.ceil(n / (b * replicas)) for n, b in zip(sizes, batch_sizes, strict=True)]
         probabilities = task_probabilities(batches, self.sampling, self.temperature).tolist()
         steps = epoch_steps(batches, probabilities, self.epoch)
-        schedule = TaskSchedule(sizes, batch_sizes, probabilities, steps, num_replicas=replicas, rank=rank)
+        grouped = [
+            loader.sampler if isinstance(loader.sampler, LengthGroupedSampler) else None for loader in loaders.values()
+        ]
+        schedule = TaskSchedule(
+            sizes,
+            batch_sizes,
+            probabilities,
+            steps,
+            num_replicas=replicas,
+            rank=rank,
+            lengths=[None if g is None else g.lengths.numpy() for g in grouped],  # a member's group_by_length
+            chunk_batches=min((g.chunk_batches for g in grouped if g is not None), default=50),
+        )
         dataset = TaskBatches(names, [d.dataset for d in loaders.values()], [d.collate_fn for d in loaders.values()])
         # batch_size=None: each element of the schedule is already one whole batch.
         return DataLoader(

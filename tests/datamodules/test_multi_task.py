@@ -3,6 +3,7 @@ from functools import partial
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
@@ -99,6 +100,42 @@ def test_task_order_is_seeded_by_epoch_and_shared_by_ranks_that_read_disjoint_ro
     first = [t for t, _ in elements[0]]
     ranks[0].set_epoch(1)
     assert [t for t, _ in ranks[0]] != first and sorted(t for t, _ in ranks[0]) == sorted(first)
+
+
+def test_a_task_with_lengths_gets_length_grouped_batches_of_the_same_rows():
+    lengths = np.random.default_rng(0).integers(1, 200, size=400)
+
+    def schedule(grouped):
+        return TaskSchedule(
+            [400, 40], [10, 10], [0.5, 0.5], 80, seed=1, lengths=[lengths if grouped else None, None], chunk_batches=8
+        )
+
+    grouped, plain = list(schedule(True)), list(schedule(False))
+    assert [t for t, _ in grouped] == [t for t, _ in plain]  # the task order does not change
+    rows = {g: [r for t, r in elements if t == 0] for g, elements in (("grouped", grouped), ("plain", plain))}
+    assert sorted(sum(rows["grouped"], [])) == sorted(sum(rows["plain"], [])) == list(range(400))  # each row once
+    spread = {g: np.mean([np.ptp(lengths[batch]) for batch in batches]) for g, batches in rows.items()}
+    assert spread["grouped"] < spread["plain"] / 4  # similar lengths within a batch
+    longest = [lengths[batch].max() for batch in rows["grouped"][:8]]  # the first chunk's batches
+    assert longest != sorted(longest, reverse=True)  # shuffled after sorting
+    assert [r for t, r in grouped if t == 1] == [r for t, r in plain if t == 1]  # other tasks unaffected
+    assert [r for _, r in schedule(True)] == [r for _, r in grouped]  # seeded
+
+
+def test_a_member_with_group_by_length_keeps_it_under_drawn_task_sampling():
+    data = MultiTaskDataModule(
+        {
+            "rte": partial(GLUEDataModule, task="rte", batch_size=2, group_by_length=True),
+            "stsb": partial(GLUEDataModule, task="stsb", batch_size=2),
+        },
+        root=str(GLUE_FIXTURES),
+        preprocessing=backbone_preprocessing("tiny_bert"),
+        sampling="proportional",
+    )
+    data.setup("fit")
+    schedule = data.train_dataloader().sampler
+    assert schedule.lengths[0] is not None and schedule.lengths[1] is None
+    assert len(schedule.lengths[0]) == len(data.members["rte"].train_dataloader().dataset)
 
 
 def test_members_built_with_the_shared_root_and_preprocessing_unless_they_set_their_own():
