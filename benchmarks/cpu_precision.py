@@ -7,7 +7,7 @@ in the default (contiguous) layout against `channels_last`. CPUs with avx512_bf1
 matmuls natively; without them bf16 is emulated and slower, which is why `precision: auto` only picks
 bf16-mixed where those instructions exist.
 
-    python benchmarks/cpu_precision.py [--pairs 5]
+    python benchmarks/cpu_precision.py [--rounds 5]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torchvision
-from harness import TABLE_HEADER, Comparison, compare, machine, markdown_row
+from harness import Comparison, compare, machine, table
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
@@ -84,33 +84,28 @@ def cnn_inference(channels_last: bool) -> Callable[[], None]:
     return step
 
 
-def run(pairs: int, calls: int) -> list[tuple[Comparison, str, bool]]:
-    results = []
-    for name, build, a_label, b_label, target, floor in (
-        ("ResNet-18 training step, 64 px", cnn_step, "fp32", "bf16 autocast", ">= 1.4x", 1.4),
-        ("transformer layer training step", transformer_step, "fp32", "bf16 autocast", ">= 1.4x", 1.4),
-        ("ResNet-18 inference, 128 px", cnn_inference, "contiguous", "channels_last", ">= 1.1x", 1.1),
+def run(rounds: int = 5, calls: int = 5) -> list[Comparison]:
+    comparisons = []
+    for name, build, a_label, b_label, floor in (
+        ("ResNet-18 training step, 64 px", cnn_step, "fp32", "bf16 autocast", 1.4),
+        ("transformer layer training step", transformer_step, "fp32", "bf16 autocast", 1.4),
+        ("ResNet-18 inference, 128 px", cnn_inference, "contiguous", "channels_last", 1.1),
     ):
-        a, b = (
-            functools.partial(seconds_per_call, build(False), calls),
-            functools.partial(seconds_per_call, build(True), calls),
-        )
-        result = compare(name, a_label, a, b_label, b, pairs)
-        result.a, result.b = [1 / s for s in result.a], [1 / s for s in result.b]  # steps per second: B/A = speed-up
-        result.unit = "steps/s"
-        results.append((result, target, result.median >= floor))
-    return results
+        a = functools.partial(seconds_per_call, build(False), calls)
+        b = functools.partial(seconds_per_call, build(True), calls)
+        result = compare(name, a_label, a, b_label, b, rounds)
+        result.unit_scale, result.unit = 1e3, "ms/step"
+        comparisons.append(result.judge(f">= {floor}x", result.median >= floor))
+    return comparisons
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=5, help="timed steps per measurement")
     args = parser.parse_args()
     print(machine())
-    print(TABLE_HEADER)
-    for result, target, passed in run(args.pairs, args.calls):
-        print(markdown_row(result, target, passed))
+    print(table(run(args.rounds, args.calls)))
 
 
 if __name__ == "__main__":

@@ -7,20 +7,21 @@ no progress bar, checkpoint or validation, which are not part of a step). Both t
 after a warm-up. Two models: a realistic CNN step (ResNet-20, CIFAR-sized batches of 128) and a micro
 MLP step, where any fixed per-step cost shows. The final losses of A and B must agree to 1e-5.
 
-    python benchmarks/framework_overhead.py [--pairs 5]
+    python benchmarks/framework_overhead.py [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from harness import TABLE_HEADER, Comparison, compare, machine, markdown_row
+from harness import Comparison, compare, machine, table
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -119,41 +120,37 @@ def framework(work: Workload) -> tuple[float, float]:
     return timer.ended - timer.started, timer.loss
 
 
-def ms_per_step(way: Callable[[Workload], tuple[float, float]], work: Workload, losses: dict, key: str) -> float:
-    seconds, losses[key] = way(work)
-    return seconds / (work.steps - work.warmup) * 1e3
-
-
-def run(pairs: int) -> list[tuple[Comparison, str, bool, str]]:
-    results = []
+def run(rounds: int = 5) -> list[Comparison]:
+    comparisons = []
     for key, work in WORKLOADS.items():
         losses: dict[str, float] = {}
-        a = functools.partial(ms_per_step, hand_written, work, losses, "a")
-        b = functools.partial(ms_per_step, framework, work, losses, "b")
-        result = compare(work.name, "PyTorch loop", a, "framework", b, pairs)
-        result.unit = "ms/step"
+        a = functools.partial(timed_steps, hand_written, work, losses, "a")
+        b = functools.partial(timed_steps, framework, work, losses, "b")
+        result = compare(work.name, "PyTorch loop", a, "framework", b, rounds)
+        result.unit_scale, result.unit = 1e3 / (work.steps - work.warmup), "ms/step"
         same = abs(losses["a"] - losses["b"]) <= 1e-5
+        note = f"final losses {losses['a']:.6f} / {losses['b']:.6f} ({'equal' if same else 'DIFFERENT'} to 1e-5)"
         if key == "cnn":
-            target, passed = "overhead <= 3 %", result.median <= 1.03
+            overhead = 1 / result.median - 1
+            result.judge(f"overhead <= 3 % (here {overhead:+.1%})", overhead <= 0.03 and same, note)
         else:
-            overhead = sorted(b - a for a, b in zip(result.a, result.b, strict=True))[len(result.a) // 2]
-            target, passed = f"<= 1 ms/step (median {overhead:+.3f} ms)", overhead <= 1.0
-        note = f"final losses {losses['a']:.6f} / {losses['b']:.6f} ({'equal' if same else 'DIFFER'} to 1e-5)"
-        results.append((result, target, passed and same, note))
-    return results
+            extra = statistics.median(b - a for a, b in zip(result.a, result.b, strict=True)) * result.unit_scale
+            result.judge(f"<= 1 ms/step more (here {extra:+.3f} ms)", extra <= 1.0 and same, note)
+        comparisons.append(result)
+    return comparisons
+
+
+def timed_steps(way: Callable[[Workload], tuple[float, float]], work: Workload, losses: dict, key: str) -> float:
+    seconds, losses[key] = way(work)
+    return seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(machine())
-    print(TABLE_HEADER)
-    notes = []
-    for result, target, passed, note in run(args.pairs):
-        print(markdown_row(result, target, passed))
-        notes.append(f"{result.name}: {note}")
-    print("\n" + "\n".join(notes))
+    print(table(run(args.rounds)))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""How the benchmarks compare two ways of doing the same work on a noisy machine.
+"""How the benchmarks compare ways of doing the same work on a noisy machine.
 
-A and B run in interleaved pairs (ABBA order, so a drift in machine speed hits both alike); each pair
-gives one ratio B/A; the result is the median and the min of those ratios. A fixed matmul is timed before
-and after: if the machine's speed changed by more than a few per cent during the benchmark, the
-calibration line says so.
+The ways run in interleaved rounds (the order rotates and reverses from round to round, so a drift in
+machine speed hits all alike); each round gives one time per way, and each pair of ways one ratio per
+round. A comparison reports the median and the min of those paired ratios, as the speed-up of B over A
+(time of A / time of B: above 1, B is faster). A fixed matmul is timed before and after: the drift
+column says how much the machine's own speed changed meanwhile.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -30,62 +31,86 @@ def calibrate(size: int = 512, repeats: int = 20) -> float:
 
 
 @dataclass
-class Comparison:
-    """`b / a` per pair of a quantity measured on both ways (seconds, samples/s, bytes...)."""
+class Samples:
+    """Seconds per round of each way, and the calibration matmul (ms) before and after."""
 
-    name: str
-    a_label: str
-    b_label: str
-    a: list[float] = field(default_factory=list)
-    b: list[float] = field(default_factory=list)
-    unit: str = "s"
-    calibration_ms: tuple[float, float] = (float("nan"), float("nan"))  # before, after
-
-    @property
-    def ratios(self) -> list[float]:
-        return [b / a for a, b in zip(self.a, self.b, strict=True)]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.ratios)
-
-    @property
-    def min(self) -> float:
-        return min(self.ratios)
+    seconds: dict[str, list[float]]
+    calibration_ms: tuple[float, float]
 
     @property
     def drift(self) -> float:
-        """Relative change of the calibration matmul from before to after."""
         before, after = self.calibration_ms
         return after / before - 1.0
 
 
-def compare(
-    name: str, a_label: str, a: Callable[[], float], b_label: str, b: Callable[[], float], pairs: int = 5
-) -> Comparison:
-    """Run `a` and `b` in `pairs` interleaved pairs (ABBA); each call returns its measured quantity."""
-    result = Comparison(name, a_label, b_label)
+def measure(ways: Mapping[str, Callable[[], float | dict[str, float]]], rounds: int = 5) -> Samples:
+    """Call each way once per round, in an order that rotates and reverses. A way returns its seconds, or
+    several named timings of one call ({"epoch": ..., "total": ...} is kept as "<way> epoch", "<way> total")."""
+    names = list(ways)
+    seconds: dict[str, list[float]] = {}
     before = calibrate()
-    for pair in range(pairs):
-        if pair % 2 == 0:
-            result.a.append(a())
-            result.b.append(b())
-        else:
-            result.b.append(b())
-            result.a.append(a())
-    result.calibration_ms = (before, calibrate())
-    return result
+    for round_ in range(rounds):
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for name in order if round_ % 2 == 0 else reversed(order):
+            timed = ways[name]()
+            for part, value in timed.items() if isinstance(timed, dict) else [("", timed)]:
+                seconds.setdefault(f"{name} {part}".strip(), []).append(value)
+    return Samples(seconds, (before, calibrate()))
+
+
+@dataclass
+class Comparison:
+    """B against A over the same rounds: speed-up = seconds of A / seconds of B, per round."""
+
+    name: str
+    a_label: str
+    b_label: str
+    samples: Samples
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+    unit_scale: float = 1.0  # seconds -> the unit shown (1e3: ms)
+    unit: str = "s"
+
+    @property
+    def a(self) -> list[float]:
+        return self.samples.seconds[self.a_label]
+
+    @property
+    def b(self) -> list[float]:
+        return self.samples.seconds[self.b_label]
+
+    @property
+    def speedups(self) -> list[float]:
+        return [a / b for a, b in zip(self.a, self.b, strict=True)]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.speedups)
+
+    @property
+    def min(self) -> float:
+        return min(self.speedups)
+
+    def judge(self, target: str, passed: bool, note: str = "") -> Comparison:
+        self.target, self.passed, self.note = target, passed, note
+        return self
+
+
+def compare(
+    name: str, a_label: str, a: Callable[[], float], b_label: str, b: Callable[[], float], rounds: int = 5
+) -> Comparison:
+    return Comparison(name, a_label, b_label, measure({a_label: a, b_label: b}, rounds))
 
 
 def machine() -> str:
-    """One line: CPU model, cores/threads, bf16 support, versions."""
-    model = platform.processor() or platform.machine()
-    flags = ""
+    """One line: CPU model, its bf16 instructions, threads, versions."""
+    model, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             text = cpuinfo.read()
         model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line), model)
-        flags = " ".join(flag for flag in ("avx512_bf16", "amx_bf16") if flag in text)
+        flags = ", ".join(flag for flag in ("avx512_bf16", "amx_bf16") if flag in text)
     except OSError:
         pass
     import lightning
@@ -96,17 +121,20 @@ def machine() -> str:
     )
 
 
-def markdown_row(result: Comparison, target: str, passed: bool | None) -> str:
-    verdict = "" if passed is None else ("met" if passed else "**not met**")
-    a, b = statistics.median(result.a), statistics.median(result.b)
-    return (
-        f"| {result.name} | {result.a_label}: {a:.4g} {result.unit} | {result.b_label}: {b:.4g} {result.unit} "
-        f"| {result.median:.3f} | {result.min:.3f} | {len(result.ratios)} | {result.drift:+.1%} "
-        f"| {target} | {verdict} |"
-    )
-
-
-TABLE_HEADER = (
-    "| benchmark | A (median) | B (median) | B/A median | B/A min | pairs | calibration drift | target | |\n"
+HEADER = (
+    "| benchmark | A (median) | B (median) | speed-up of B, median | min | rounds | machine drift | target | |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def table(comparisons: Sequence[Comparison]) -> str:
+    lines = [HEADER]
+    for c in comparisons:
+        verdict = "" if c.passed is None else ("met" if c.passed else "**not met**")
+        a, b = (statistics.median(v) * c.unit_scale for v in (c.a, c.b))
+        lines.append(
+            f"| {c.name} | {c.a_label}: {a:.4g} {c.unit} | {c.b_label}: {b:.4g} {c.unit} | {c.median:.3g}x "
+            f"| {c.min:.3g}x | {len(c.a)} | {c.samples.drift:+.0%} | {c.target} | {verdict} |"
+        )
+    notes = [f"- {c.name}: {c.note}" for c in comparisons if c.note]
+    return "\n".join(lines + ([""] + notes if notes else []))
