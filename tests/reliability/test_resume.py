@@ -111,7 +111,8 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, wo
 def test_sigkill_at_a_random_step_leaves_loadable_checkpoints_and_resumes(tmp_path):
     rng = random.Random()
     seed = rng.randrange(2**31)
-    kill_after = random.Random(seed).randint(2, 2 * STEPS_PER_EPOCH)
+    # From the second epoch on: ModelCheckpoint defers step saves until `val/acc` has been logged once.
+    kill_after = random.Random(seed).randint(STEPS_PER_EPOCH + 2, 3 * STEPS_PER_EPOCH - 1)
     args = [
         "--checkpoint.every_n_train_steps", "1",
         "--trainer.callbacks.sleep", str(random.Random(seed).uniform(0.05, 0.3)),
@@ -132,12 +133,88 @@ def test_sigkill_at_a_random_step_leaves_loadable_checkpoints_and_resumes(tmp_pa
     for path in checkpoints:  # none half-written: each loads
         load(path)
     last = load(tmp_path / "checkpoints" / "last.ckpt")
-    assert 1 <= last["global_step"] <= len(read_steps(tmp_path)), f"seed {seed}"
+    killed_steps = len(read_steps(tmp_path))
+    assert 1 <= last["global_step"] <= killed_steps, f"seed {seed}"
 
     done = fit(tmp_path, "--ckpt_path", "last", "--checkpoint.every_n_train_steps", "1", epochs=3)
     assert done.returncode == 0, done.stderr[-3000:]
-    steps = [r["step"] for r in read_steps(tmp_path)]
-    resumed_from = steps.index(last["global_step"] + 1, last["global_step"])  # the first step after the kill
-    assert steps[resumed_from:] == list(range(last["global_step"] + 1, 3 * STEPS_PER_EPOCH + 1)), f"seed {seed}"
+    resumed = [r["step"] for r in read_steps(tmp_path)[killed_steps:]]
+    assert resumed == list(range(last["global_step"] + 1, 3 * STEPS_PER_EPOCH + 1)), f"seed {seed}"
     assert load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
     assert not list((tmp_path / "checkpoints").glob(".*.partial")), "a killed save's temporary file was not removed"
+
+
+class BrokenWriter(AtomicCheckpointIO):
+    """Writes half of the `fail_on`-th checkpoint, then crashes (full disk, I/O error, bug in a hook)."""
+
+    def __init__(self, fail_on: int):
+        super().__init__()
+        self.saves, self.fail_on = 0, fail_on
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        self.saves += 1
+        if self.saves != self.fail_on:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        import callbacks.atomic_checkpoint_io as module
+
+        real_save = module.torch.save
+
+        def half_then_crash(obj, file):
+            real_save(obj, file)
+            file.truncate(file.tell() // 2)
+            raise OSError(28, "No space left on device")
+
+        module.torch.save = half_then_crash
+        try:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        finally:
+            module.torch.save = real_save
+
+
+def _tiny_fit(tmp_path, writer, ckpt_path=None, max_steps=8):
+    seed_everything(0)
+    checkpoint = ModelCheckpoint(tmp_path / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[checkpoint, CheckpointOnSigterm(), ExactResume()], plugins=[writer], limit_val_batches=0,
+    )  # fmt: skip
+    model = FineTuning(backbone="tiny_cnn", pretrained=False, num_classes=4)
+    trainer.fit(model, datamodule=SyntheticDataModule(num_samples=64, batch_size=8), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_a_crash_inside_checkpoint_saving_leaves_the_previous_last_ckpt_which_resumes(tmp_path):
+    with pytest.raises(OSError, match="No space left"):
+        _tiny_fit(tmp_path, BrokenWriter(fail_on=4))
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # no partial file beside it
+    assert load(folder / "last.ckpt")["global_step"] == 3  # the last complete save
+    trainer = _tiny_fit(tmp_path, AtomicCheckpointIO(), ckpt_path=str(folder / "last.ckpt"))
+    assert trainer.global_step == 8 and load(folder / "last.ckpt")["global_step"] == 8
+
+
+WRITER = """
+import sys, torch
+from callbacks import AtomicCheckpointIO
+io, path = AtomicCheckpointIO(), sys.argv[1]
+io.save_checkpoint({"version": torch.zeros(3)}, path)
+print("writing", flush=True)
+io.save_checkpoint({"version": torch.ones(3), "bulk": torch.randn(60_000_000)}, path)  # 240 MB
+print("written", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_checkpoint_is_written_leaves_the_old_or_the_new_file_never_a_partial(tmp_path):
+    path = tmp_path / "last.ckpt"
+    delay = random.uniform(0.0, 0.5)
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    finished = process.wait() == 0
+    version = load(path)["version"]
+    assert torch.equal(version, torch.ones(3) if finished else torch.zeros(3)), f"killed after {delay:.2f} s"
+    # The next save to that name removes what the killed writer left.
+    AtomicCheckpointIO().save_checkpoint({"version": torch.full((3,), 2.0)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
