@@ -34,7 +34,8 @@ def fit_command(run: Path, *extra: str, workers: int = 0, epochs: int = 2) -> tu
         "-c", str(CONFIGS / "trainer" / "cpu.yaml"),
         "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(run / "runs"),
         "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-        "--checkpoint.dirpath", str(run / "checkpoints"),
+        # No monitor: Lightning 2.6 refreshes last.ckpt only when a top-k save happens at the same step.
+        "--checkpoint.dirpath", str(run / "checkpoints"), "--checkpoint.monitor", "null",
         "--trainer.callbacks+", "reliability_probes.Probe", "--trainer.callbacks.directory", str(run),
         *extra,
     ]  # fmt: skip
