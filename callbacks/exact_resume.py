@@ -12,11 +12,11 @@ from lightning import Callback, LightningModule, Trainer
 
 def collect_rng_state() -> dict[str, Any]:
     """torch (CPU, and CUDA when in use), numpy and `random` states as tensors and numbers (weights_only)."""
-    _, keys, position, has_gauss, gauss = np.random.get_state()
+    _, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position)},
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(position)},
         "numpy_gauss": [int(has_gauss), float(gauss)],
         "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64)},
         "python_gauss": gauss_next,

@@ -29,7 +29,9 @@ class CheckpointOnSigterm(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             path = self._save_last(trainer)
-            rank_zero_info(f"SIGTERM: saved the {trainer.global_step} completed steps to {path}; resume with --ckpt_path last")
+            rank_zero_info(
+                f"SIGTERM: saved the {trainer.global_step} completed steps to {path}; resume with --ckpt_path last"
+            )
             exception.code = EXIT_SIGTERM
         elif trainer.world_size > 1 and trainer.is_global_zero:
             children = list(getattr(trainer.strategy.launcher, "procs", []))

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -189,7 +189,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         return self._samples[split]
 
     def _loader(self, dataset: Dataset, shuffle: bool, persistent: bool = True, drop_last: bool = False) -> DataLoader:
-        options = {
+        options: dict[str, Any] = {
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "persistent_workers": persistent and self.num_workers > 0,
@@ -207,7 +207,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0, float("inf")
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return progress.processed, trainer.num_training_batches  # type: ignore[attr-defined]
 
     def train_dataloader(self) -> DataLoader:
         if self.input_encoder is not None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from reliability_probes import Probe, read_steps
+from reliability_probes import read_steps
 
 from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume
 from datamodules import SyntheticDataModule
@@ -87,7 +87,9 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, wo
     reference = read_steps(full)
     before = read_steps(cut)
     assert [r["step"] for r in before] == list(range(1, stop + 1))
-    saved_sum = sum(t.double().sum() for k, t in interrupted["state_dict"].items() if "running" not in k and "num_batches" not in k)
+    saved_sum = sum(
+        t.double().sum() for k, t in interrupted["state_dict"].items() if "running" not in k and "num_batches" not in k
+    )
     assert float(saved_sum) == pytest.approx(reference[stop - 1]["param_sum"], abs=1e-6)
 
     done = fit(cut, "--ckpt_path", "last", workers=workers)
