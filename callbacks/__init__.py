@@ -1,7 +1,17 @@
-"""Callbacks for what Lightning lacks."""
+"""Callbacks (and the checkpoint writer) for what Lightning lacks."""
 
+from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
+from callbacks.exact_resume import ExactResume
 from callbacks.gradual_unfreezing import GradualUnfreezing
+from callbacks.interruptions import CheckpointOnSigterm
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 
-__all__ = ["GradualUnfreezing", "PredictionWriter", "RunMetadata"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointOnSigterm",
+    "ExactResume",
+    "GradualUnfreezing",
+    "PredictionWriter",
+    "RunMetadata",
+]

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.datasets import ImageDataset
 from datamodules.feature_inputs import FeatureInputs
-from datamodules.samplers import EpochSeededRandomSampler
+from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, epoch_seeded_generator
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
 from datamodules.transforms import MultiView, Preprocessing, image_transform, simclr_transform
 
@@ -189,14 +189,26 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         return self._samples[split]
 
     def _loader(self, dataset: Dataset, shuffle: bool, persistent: bool = True, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(dataset) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=persistent and self.num_workers > 0,
-            drop_last=drop_last,
-        )
+        options: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "persistent_workers": persistent and self.num_workers > 0,
+            "drop_last": drop_last,
+            # Worker base seeds come from here, not from the global generator (dropout's stream on resume).
+            "generator": epoch_seeded_generator(self.seed),
+        }
+        if not shuffle:
+            return DataLoader(dataset, **options)
+        sampler = EpochSeededRandomSampler(dataset)
+        return ResumableDataLoader(dataset, sampler=sampler, progress=self._training_progress, **options)
+
+    def _training_progress(self) -> tuple[int, float]:
+        """(training batches finished in this epoch, batches per epoch): where a checkpoint leaves the epoch."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, float("inf")
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return progress.processed, trainer.num_training_batches  # type: ignore[attr-defined]
 
     def train_dataloader(self) -> DataLoader:
         if self.input_encoder is not None:

@@ -11,12 +11,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.transforms import apply_transform
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 Indices = Sequence[int] | np.ndarray
 
 
 class ImageDataset(Dataset):
     """Labelled images as uint8 CHW tensors, returned as `{"pixel_values", "labels", "index"}`.
+
+    An index that carries a seed (`SampleIndex`, from the training sampler) seeds the random transform.
 
     Subclasses say how to load image `i`, how to take a subset, and what identifies each sample (for
     fingerprints: content or relative path, never an absolute path or mtime).
@@ -31,7 +35,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = self.load_image(i)
         if self.transform is not None:
-            image = self.transform(image)
+            # Training indices carry their augmentation seed (datamodules.samplers.SampleIndex).
+            image = apply_transform(self.transform, image, getattr(i, "seed", None))
         return {"pixel_values": image, "labels": self.labels[i], "index": torch.tensor(i, dtype=torch.int64)}
 
     def with_transform(self, transform: Transform | None) -> ImageDataset:

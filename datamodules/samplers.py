@@ -1,29 +1,154 @@
-"""Shuffling that a resumed run reproduces exactly."""
+"""Training order that an interrupted and resumed run reproduces exactly, to the sample.
+
+The order of epoch e is a permutation drawn from `seed + e` alone; each index carries the seed of its
+sample's augmentation in that epoch (`SampleIndex`), so what a sample looks like depends on (training seed,
+epoch, index) and not on worker processes, ranks or interruptions. A `ResumableDataLoader` tells
+Lightning's checkpoints how far into the epoch the training loop got, and starts there on resume.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import RandomSampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+_MASK64 = (1 << 64) - 1
 
 
-class EpochSeededRandomSampler(RandomSampler):
-    """A permutation drawn from `seed + epoch` alone, so epoch e has the same order whether or not the run
-    was interrupted before it. Lightning calls `set_epoch` every epoch; under DDP it replaces any
-    `RandomSampler` with a `DistributedSampler` seeded the same way (the training seed, `PL_GLOBAL_SEED`).
+def _mix(value: int) -> int:
+    """splitmix64's finaliser: nearby inputs give unrelated outputs."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample `index` in `epoch` of a run seeded with `seed` (63 bits)."""
+    return _mix(_mix(_mix(seed) ^ epoch) ^ index) >> 1
+
+
+class SampleIndex(int):
+    """A dataset index that carries its sample's augmentation seed (`ImageDataset` draws with it).
+
+    It passes through DataLoader workers and `dataset[i]` like any int.
     """
 
-    def __init__(self, data_source: Any, seed: int | None = None):
-        super().__init__(data_source)
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
-        self.epoch = 0
+    seed: int
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __new__(cls, index: int, seed: int) -> SampleIndex:
+        value = super().__new__(cls, index)
+        value.seed = seed
+        return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SampleIndex, (int(self), self.seed)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class EpochSeededRandomSampler(DistributedSampler):
+    """A permutation drawn from `seed + epoch` alone (the training seed, `PL_GLOBAL_SEED`, by default), so
+    epoch e has the same order whether or not the run was interrupted before it; Lightning calls `set_epoch`.
+
+    Under DDP (an initialised process group) rank r takes every r-th index of the padded permutation, as
+    `DistributedSampler` does; being one, it is left in place by Lightning, and the ranks' samples together
+    are the global batch one process would draw. `resume(epoch, consumed)` makes the next iteration of that
+    epoch start after the rank's first `consumed` indices.
+    """
+
+    def __init__(
+        self,
+        data_source: Any,
+        seed: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+    ):
+        world, own_rank = _world()
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        super().__init__(
+            data_source,
+            num_replicas=world if num_replicas is None else num_replicas,
+            rank=own_rank if rank is None else rank,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        self.data_source = data_source
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Start the next iteration of `epoch` after this rank's first `consumed` indices."""
+        self.set_epoch(epoch)
+        self._resume = (epoch, consumed)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        order = list(super().__iter__())
+        skip = 0
+        if self._resume is not None:
+            epoch, consumed = self._resume
+            self._resume = None
+            skip = consumed if epoch == self.epoch else 0
+        return iter([SampleIndex(i, sample_seed(self.seed, self.epoch, i)) for i in order[skip:]])
+
+
+# (training batches finished in the current epoch, batches per epoch), asked when a checkpoint is written
+TrainingProgress = Callable[[], tuple[int, float]]
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader whose place in the epoch goes into Lightning's checkpoints.
+
+    Lightning saves `state_dict()` of every training loader that has one, and hands it to `load_state_dict()`
+    before a resumed run creates its iterator: the sampler then continues the interrupted epoch after the
+    batches already trained on, with no sample repeated or skipped. `progress` reports how many batches the
+    training loop has finished (the datamodule asks its trainer); the DataLoader itself cannot know, since
+    workers and Lightning fetch ahead.
+    """
+
+    def __init__(self, *args: Any, progress: TrainingProgress | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSeededRandomSampler) or self.batch_size is None:
+            return {}
+        done, per_epoch = self.progress() if self.progress is not None else (0, float("inf"))
+        epoch = sampler.epoch
+        if done >= per_epoch:  # saved at the end of an epoch: the next one starts from its beginning
+            epoch, done = epoch + 1, 0
+        # Positions of the epoch's (padded) order consumed by all ranks together: rank r took every r-th.
+        samples = int(done) * self.batch_size * sampler.num_replicas
+        return {"epoch": epoch, "samples": samples, "seed": sampler.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.sampler
+        if not state or not isinstance(sampler, EpochSeededRandomSampler):
+            return
+        # Another order, or a cut between ranks, than the interrupted run's: the count would not say which
+        # samples were seen.
+        if state["seed"] != sampler.seed:
+            raise ValueError(
+                f"the checkpoint's training order comes from seed {state['seed']}, this run's from {sampler.seed}: "
+                "resume with the interrupted run's seed_everything"
+            )
+        if state["samples"] % sampler.num_replicas:
+            raise ValueError(
+                f"the checkpoint stopped {state['samples']} samples into epoch {state['epoch']}, which "
+                f"{sampler.num_replicas} processes cannot split evenly: resume with the interrupted run's devices"
+            )
+        sampler.resume(state["epoch"], state["samples"] // sampler.num_replicas)
+
+
+def epoch_seeded_generator(seed: int) -> torch.Generator:
+    """The generator a DataLoader draws its workers' base seed from: not the global one, which dropout uses."""
+    return torch.Generator().manual_seed(seed)

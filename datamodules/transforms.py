@@ -77,3 +77,15 @@ class MultiView:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.transform(image) for _ in range(self.views)])
+
+
+def apply_transform(
+    transform: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int | None
+) -> torch.Tensor:
+    """`transform(image)`, its random draws taken from `seed` when given (and the global CPU generator left
+    as it was), so a sample's augmentation does not depend on which process draws it, or when."""
+    if seed is None:
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)  # CPU only: a CUDA generator keeps its stream
+        return transform(image)

@@ -1,0 +1,59 @@
+"""What a stopped run leaves behind: SIGTERM saves the steps done; a crashed rank takes the others down."""
+
+from __future__ import annotations
+
+import atexit
+import signal
+import subprocess
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143, the shell's code for "ended by SIGTERM"
+
+
+class CheckpointOnSigterm(Callback):
+    """On SIGTERM (a scheduler's pre-emption, `kill`, `timeout`) Lightning finishes the step in progress and
+    stops; this writes a checkpoint of exactly the completed steps where `--ckpt_path last` finds it (the
+    ModelCheckpoint's `last.ckpt`) and makes the process exit with code 143 instead of Lightning's 0.
+
+    Under DDP every rank is signalled by Lightning and stops at the same step. An exception in rank 0, whose
+    process launched the other ranks, also ends those (SIGKILL, after the traceback is printed), so none is
+    left waiting in a collective until the process group times out; a failing child rank is ended by
+    Lightning's own process observer.
+    """
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            path = self._save_last(trainer)
+            rank_zero_info(
+                f"SIGTERM: saved the {trainer.global_step} completed steps to {path}; resume with --ckpt_path last"
+            )
+            exception.code = EXIT_SIGTERM
+        elif trainer.world_size > 1 and trainer.is_global_zero:
+            children = list(getattr(trainer.strategy.launcher, "procs", []))
+            if children:
+                atexit.register(_end, children)  # at exit: after Python has printed the traceback
+
+    @staticmethod
+    def _save_last(trainer: Trainer) -> str:
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.save_last and checkpoint.dirpath is not None:
+            # ModelCheckpoint's own writer: its naming, versioning and `last_model_path` bookkeeping.
+            checkpoint._save_last_checkpoint(trainer, checkpoint._monitor_candidates(trainer))
+            return checkpoint.last_model_path
+        folder = checkpoint.dirpath if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath else None
+        path = str(Path(folder or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt")
+        trainer.save_checkpoint(path)
+        return path
+
+
+def _end(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+    for child in children:
+        child.wait()
