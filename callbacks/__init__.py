@@ -4,6 +4,7 @@ from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
 from callbacks.exact_resume import ExactResume
 from callbacks.gradual_unfreezing import GradualUnfreezing
 from callbacks.interruptions import CheckpointOnSigterm
+from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 
@@ -12,6 +13,7 @@ __all__ = [
     "CheckpointOnSigterm",
     "ExactResume",
     "GradualUnfreezing",
+    "ModelCheckpoint",
     "PredictionWriter",
     "RunMetadata",
 ]
