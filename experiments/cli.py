@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -19,14 +20,24 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
+from lightning_modules.checkpoints import check_hyperparameters, config_differences, read_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"
+# `ckpt_path` values that name no file: Lightning resolves them itself.
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")  # what every checkpoint a Trainer writes holds
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def preprocessing_of(backbone: str) -> dict[str, Any]:
@@ -88,6 +99,44 @@ class TransferCLI(LightningCLI):
         # datamodules, other strategies) is skipped by jsonargparse, so each pair gets only the links it has.
         parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """`--ckpt_path FILE`: refuse a missing or unsafe file (exit 2, naming it), list key by key the model
+        settings of the config that differ from the checkpoint's, then overlay the checkpoint's (LightningCLI's
+        behaviour: the model is rebuilt as it was trained, so that its weights fit)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry"):
+            return
+        parser = self._parser(subcommand)
+        if not Path(ckpt_path).expanduser().is_file():
+            parser.error(f"ckpt_path: {ckpt_path} does not exist (give a checkpoint file, or `last` to resume the "
+                         "last checkpoint of this run's folder)")  # fmt: skip
+        try:
+            file, checkpoint = read_checkpoint(ckpt_path, "ckpt_path")
+            missing = [k for k in LIGHTNING_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+            if missing:
+                raise ValueError(f"ckpt_path: {file} is not a Lightning checkpoint of a run (no {', '.join(missing)})")
+            hparams = checkpoint.get("hyper_parameters", {})
+            check_hyperparameters(hparams, file, TransferModule)
+        except ValueError as error:
+            parser.error(str(error))
+        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+        config = self.config[subcommand]
+        differences = config_differences(config.get("model"), hparams)
+        if differences:
+            lines = [f"  {key}: config {given!r}, checkpoint {stored!r}" for key, given, stored in differences]
+            say(f"ckpt_path {file}: {len(differences)} model settings differ from the checkpoint's; the "
+                "checkpoint's are used:\n" + "\n".join(lines))  # fmt: skip
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            say(f"ckpt_path {file}: its hyper_parameters do not parse as a model config (see above)")
+            raise
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -103,6 +152,33 @@ class TransferCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()
+        if self.config_init[self.subcommand].get("ckpt_path") == "last":
+            self._resolve_last()
+
+    def _resolve_last(self) -> None:
+        """`--ckpt_path last`: resume this run folder's newest last checkpoint, or say that training starts
+        fresh (Lightning's own note is easy to miss), listing config values that differ from it."""
+        found, folders = set(), []
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                found |= callback._find_last_checkpoints(self.trainer)
+                folder = callback._ModelCheckpoint__resolve_ckpt_dir(self.trainer)  # type: ignore[attr-defined]
+                folders.append(os.path.abspath(folder))
+        if not found:
+            say(f"ckpt_path=last: no last checkpoint in {', '.join(folders) or 'any checkpoint folder'}; training "
+                "starts fresh. (Each run writes into a folder of its own: to resume an earlier run, give its "
+                "checkpoints/last.ckpt as ckpt_path, or set checkpoint.dirpath to that run's checkpoint folder.)")  # fmt: skip
+            self.config_init[self.subcommand]["ckpt_path"] = None
+            return
+        newest = max(found, key=lambda path: Path(path).stat().st_mtime)
+        file, checkpoint = read_checkpoint(newest, "ckpt_path")
+        hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        differences = config_differences(self.config[self.subcommand].get("model"), hparams)
+        if differences:
+            lines = [f"  {key}: config {given!r}, checkpoint {stored!r}" for key, given, stored in differences]
+            say(f"ckpt_path=last ({file}): {len(differences)} model settings differ from the checkpoint's; the "
+                "config's are used (to rebuild the model as it was trained, give the file as ckpt_path):\n"
+                + "\n".join(lines))  # fmt: skip
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", default=False):
