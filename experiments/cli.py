@@ -165,9 +165,11 @@ class TransferCLI(LightningCLI):
                 folder = callback._ModelCheckpoint__resolve_ckpt_dir(self.trainer)  # type: ignore[attr-defined]
                 folders.append(os.path.abspath(folder))
         if not found:
-            say(f"ckpt_path=last: no last checkpoint in {', '.join(folders) or 'any checkpoint folder'}; training "
+            say(
+                f"ckpt_path=last: no last checkpoint in {', '.join(folders) or 'any checkpoint folder'}; training "
                 "starts fresh. (Each run writes into a folder of its own: to resume an earlier run, give its "
-                "checkpoints/last.ckpt as ckpt_path, or set checkpoint.dirpath to that run's checkpoint folder.)")  # fmt: skip
+                "checkpoints/last.ckpt as ckpt_path, or set checkpoint.dirpath to that run's checkpoint folder.)"
+            )
             self.config_init[self.subcommand]["ckpt_path"] = None
             return
         newest = max(found, key=lambda path: Path(path).stat().st_mtime)
