@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -32,6 +33,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"
 # `ckpt_path` values that name no file: Lightning resolves them itself.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+YAML = (".yaml", ".yml")
 LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")  # what every checkpoint a Trainer writes holds
 
 
@@ -43,6 +45,34 @@ def say(message: str) -> None:
 def preprocessing_of(backbone: str) -> dict[str, Any]:
     """Link function: a backbone name -> its preprocessing as plain values (serialisable config)."""
     return asdict(backbone_preprocessing(backbone))
+
+
+def yaml_file_error(args: list[str]) -> str | None:
+    """The first config file named in `args` (`-c`/`--config` values and any existing *.yaml argument) that is
+    not plain YAML, as `config file PATH, line L, column C: problem`. jsonargparse reports such errors for a
+    `<unicode string>`, without the file; YAML tags that would build Python objects are refused the same way."""
+    for index, arg in enumerate(args):
+        if arg.startswith("--config="):
+            candidate = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            continue
+        else:
+            candidate = arg if index == 0 or args[index - 1] in ("-c", "--config") or arg.endswith(YAML) else ""
+        path = Path(candidate).expanduser()
+        if not candidate or not path.is_file() or not path.name.endswith(YAML):
+            continue
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error)
+            if context is not None and getattr(error, "context", None):
+                problem += f" ({error.context} at line {context.line + 1}, column {context.column + 1})"  # type: ignore[attr-defined]
+            return f"config file {path}{where}: {problem}"
+        except UnicodeDecodeError as error:
+            return f"config file {path}: not UTF-8 text ({error})"
+    return None
 
 
 class SaveConfigToLogger(SaveConfigCallback):
@@ -98,6 +128,13 @@ class TransferCLI(LightningCLI):
         # Multi-task data says it per task. A link whose source attribute or target argument is missing (other
         # datamodules, other strategies) is skipped by jsonargparse, so each pair gets only the links it has.
         parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None or isinstance(args, list):
+            error = yaml_file_error(list(sys.argv[1:] if args is None else args))
+            if error:
+                parser.error(error)
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """`--ckpt_path FILE`: refuse a missing or unsafe file (exit 2, naming it), list key by key the model
