@@ -48,31 +48,58 @@ def preprocessing_of(backbone: str) -> dict[str, Any]:
 
 
 def yaml_file_error(args: list[str]) -> str | None:
-    """The first config file named in `args` (`-c`/`--config` values and any existing *.yaml argument) that is
-    not plain YAML, as `config file PATH, line L, column C: problem`. jsonargparse reports such errors for a
-    `<unicode string>`, without the file; YAML tags that would build Python objects are refused the same way."""
+    """The first config file named in `args` (`-c`/`--config` values and any existing *.yaml argument), or
+    named inside one (`model: ../model/x.yaml`), that is not plain YAML, as `config file PATH, line L, column C:
+    problem`. jsonargparse reports such errors for a `<unicode string>`, without the file; YAML tags that
+    would build Python objects are refused the same way."""
+    files = []
     for index, arg in enumerate(args):
         if arg.startswith("--config="):
-            candidate = arg.split("=", 1)[1]
-        elif arg.startswith("-"):
+            files.append(arg.split("=", 1)[1])
+        elif not arg.startswith("-") and ((index and args[index - 1] in ("-c", "--config")) or arg.endswith(YAML)):
+            files.append(arg)
+    seen: set[Path] = set()
+    pending = [Path(f).expanduser() for f in files]
+    while pending:
+        path = pending.pop(0)
+        if path in seen or not path.is_file() or not path.name.endswith(YAML):
             continue
-        else:
-            candidate = arg if index == 0 or args[index - 1] in ("-c", "--config") or arg.endswith(YAML) else ""
-        path = Path(candidate).expanduser()
-        if not candidate or not path.is_file() or not path.name.endswith(YAML):
-            continue
+        seen.add(path)
         try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
-            mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error)
-            if context is not None and getattr(error, "context", None):
-                problem += f" ({error.context} at line {context.line + 1}, column {context.column + 1})"  # type: ignore[attr-defined]
-            return f"config file {path}{where}: {problem}"
+            return f"config file {path}{_yaml_position(error)}"
         except UnicodeDecodeError as error:
             return f"config file {path}: not UTF-8 text ({error})"
+        pending += [path.parent / value for value in _strings(content) if value.endswith(YAML)]
     return None
+
+
+def _yaml_position(error: yaml.YAMLError) -> str:
+    mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    if context is not None and getattr(error, "context", None):
+        problem += f" ({error.context} at line {context.line + 1}, column {context.column + 1})"  # type: ignore[attr-defined]
+    return f"{where}: {problem}"
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def report_differences(source: str, used: str, differences: list[tuple[str, Any, Any]], hint: str = "") -> None:
+    """Each model setting of the config that differs from the checkpoint's, one line per key."""
+    if differences:
+        lines = [f"  {key}: config {given!r}, checkpoint {stored!r}" for key, given, stored in differences]
+        say(f"{source}: {len(differences)} model settings differ from the checkpoint's; {used} are used{hint}:")
+        say("\n".join(lines))
 
 
 class SaveConfigToLogger(SaveConfigCallback):
@@ -159,11 +186,7 @@ class TransferCLI(LightningCLI):
             parser.error(str(error))
         hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
         config = self.config[subcommand]
-        differences = config_differences(config.get("model"), hparams)
-        if differences:
-            lines = [f"  {key}: config {given!r}, checkpoint {stored!r}" for key, given, stored in differences]
-            say(f"ckpt_path {file}: {len(differences)} model settings differ from the checkpoint's; the "
-                "checkpoint's are used:\n" + "\n".join(lines))  # fmt: skip
+        report_differences(f"ckpt_path {file}", "the checkpoint's", config_differences(config.get("model"), hparams))
         if not hparams:
             return
         if "_class_path" in hparams:
@@ -213,11 +236,8 @@ class TransferCLI(LightningCLI):
         file, checkpoint = read_checkpoint(newest, "ckpt_path")
         hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         differences = config_differences(self.config[self.subcommand].get("model"), hparams)
-        if differences:
-            lines = [f"  {key}: config {given!r}, checkpoint {stored!r}" for key, given, stored in differences]
-            say(f"ckpt_path=last ({file}): {len(differences)} model settings differ from the checkpoint's; the "
-                "config's are used (to rebuild the model as it was trained, give the file as ckpt_path):\n"
-                + "\n".join(lines))  # fmt: skip
+        hint = " (to rebuild the model as it was trained instead, give the file as ckpt_path)"
+        report_differences(f"ckpt_path=last ({file})", "the config's", differences, hint)
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", default=False):

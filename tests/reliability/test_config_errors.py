@@ -30,6 +30,7 @@ CASES = {
                    "{path}, line 2, column 15: could not determine a constructor for the tag"),
     "top-level-tag": (f"!!python/object/apply:os.system ['touch {MARKER}']\n", "{path}, line 1, column 1"),
     "missing-file": (None, "{path}"),
+    "nested-file": ("model: pieces/model.yaml\n", "{nested}, line 2, column 1"),  # a piece an experiment names
     "missing-data-root": ("data:\n  class_path: CIFAR10DataModule\n  init_args:\n    root: no/such/cifar\n",
                           "data.root"),
 }  # fmt: skip
@@ -37,10 +38,13 @@ CASES = {
 
 def write_case(folder, name):
     text, named = CASES[name]
-    path = folder / "experiment.yaml"
+    path, nested = folder / "experiment.yaml", folder / "pieces" / "model.yaml"
     if text is not None:
         path.write_text(text)
-    return str(path), named.format(path=path)
+    if name == "nested-file":
+        nested.parent.mkdir()
+        nested.write_text("class_path: lightning_modules.FineTuning\n  init_args: {backbone: tiny_cnn}\n")
+    return str(path), named.format(path=path, nested=nested)
 
 
 def nothing_created(folder) -> bool:
