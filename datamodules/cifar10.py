@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import calculate_md5
 
 from datamodules.archives import extract_archive
 from datamodules.base import TransferDataModule
@@ -81,6 +82,7 @@ class CIFAR10DataModule(TransferDataModule):
         return ImageFolderDataset.from_scan(scan)
 
     def _batches(self, path: Path, train: bool) -> TensorImageDataset:
+        check_batch_files(path / BATCHES_FOLDER)
         try:
             data = CIFAR10(str(path), train=train, download=self.download)
         except (OSError, RuntimeError) as exc:
@@ -94,3 +96,17 @@ class CIFAR10DataModule(TransferDataModule):
             raise ValueError(f"{path}: unexpected CIFAR-10 class list {data.classes}")
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
         return TensorImageDataset(images, torch.tensor(data.targets, dtype=torch.int64))
+
+
+def check_batch_files(folder: Path) -> None:
+    """Every CIFAR-10 batch file present in `folder` has its published MD5, checked before anything unpickles
+    it. (torchvision checks every file for either split and sends a corrupt one to the download, which
+    offline reads as "batches missing".)"""
+    expected = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    for name, md5 in expected:
+        file = folder / name
+        if file.is_file() and (actual := calculate_md5(str(file))) != md5:
+            raise ValueError(
+                f"data.root: {file} fails its checksum (MD5 {actual}, CIFAR-10's is {md5}): the file is corrupt "
+                "or not the official batch, and was not read. Delete it (it is downloaded again) or replace it."
+            )

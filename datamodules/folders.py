@@ -158,7 +158,9 @@ class ImageFolderDataModule(TransferDataModule):
         bad = find_unreadable(folder, scan.files)
         if bad and self.on_bad_file == "error":
             i = min(bad)
-            more = f" ({len(bad) - 1} more unreadable files in {folder})" if len(bad) > 1 else ""
+            others = [scan.files[j] for j in sorted(bad) if j != i]
+            listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            more = f" ({len(others)} more unreadable files in {folder}: {listed})" if others else ""
             raise UnreadableImageError(folder / scan.files[i], bad[i] + more)
         keep = np.array([i for i in range(len(scan.files)) if i not in bad], dtype=np.int64)
         if bad:

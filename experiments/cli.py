@@ -10,28 +10,96 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
+from lightning_modules.checkpoints import check_hyperparameters, config_differences, read_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"
+# `ckpt_path` values that name no file: Lightning resolves them itself.
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+YAML = (".yaml", ".yml")
+LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")  # what every checkpoint a Trainer writes holds
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def preprocessing_of(backbone: str) -> dict[str, Any]:
     """Link function: a backbone name -> its preprocessing as plain values (serialisable config)."""
     return asdict(backbone_preprocessing(backbone))
+
+
+def yaml_file_error(args: list[str]) -> str | None:
+    """The first config file named in `args` (`-c`/`--config` values and any existing *.yaml argument), or
+    named inside one (`model: ../model/x.yaml`), that is not plain YAML, as `config file PATH, line L, column C:
+    problem`. jsonargparse reports such errors for a `<unicode string>`, without the file; YAML tags that
+    would build Python objects are refused the same way."""
+    files = []
+    for index, arg in enumerate(args):
+        if arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+        elif not arg.startswith("-") and ((index and args[index - 1] in ("-c", "--config")) or arg.endswith(YAML)):
+            files.append(arg)
+    seen: set[Path] = set()
+    pending = [Path(f).expanduser() for f in files]
+    while pending:
+        path = pending.pop(0)
+        if path in seen or not path.is_file() or not path.name.endswith(YAML):
+            continue
+        seen.add(path)
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            return f"config file {path}{_yaml_position(error)}"
+        except UnicodeDecodeError as error:
+            return f"config file {path}: not UTF-8 text ({error})"
+        pending += [path.parent / value for value in _strings(content) if value.endswith(YAML)]
+    return None
+
+
+def _yaml_position(error: yaml.YAMLError) -> str:
+    mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    if context is not None and getattr(error, "context", None):
+        problem += f" ({error.context} at line {context.line + 1}, column {context.column + 1})"  # type: ignore[attr-defined]
+    return f"{where}: {problem}"
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def report_differences(source: str, used: str, differences: list[tuple[str, Any, Any]], hint: str = "") -> None:
+    """Each model setting of the config that differs from the checkpoint's, one line per key."""
+    if differences:
+        lines = [f"  {key}: config {given!r}, checkpoint {stored!r}" for key, given, stored in differences]
+        say(f"{source}: {len(differences)} model settings differ from the checkpoint's; {used} are used{hint}:")
+        say("\n".join(lines))
 
 
 class SaveConfigToLogger(SaveConfigCallback):
@@ -88,6 +156,47 @@ class TransferCLI(LightningCLI):
         # datamodules, other strategies) is skipped by jsonargparse, so each pair gets only the links it has.
         parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None or isinstance(args, list):
+            error = yaml_file_error(list(sys.argv[1:] if args is None else args))
+            if error:
+                parser.error(error)
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """`--ckpt_path FILE`: refuse a missing or unsafe file (exit 2, naming it), list key by key the model
+        settings of the config that differ from the checkpoint's, then overlay the checkpoint's (LightningCLI's
+        behaviour: the model is rebuilt as it was trained, so that its weights fit)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry"):
+            return
+        parser = self._parser(subcommand)
+        if not Path(ckpt_path).expanduser().is_file():
+            parser.error(f"ckpt_path: {ckpt_path} does not exist (give a checkpoint file, or `last` to resume the "
+                         "last checkpoint of this run's folder)")  # fmt: skip
+        try:
+            file, checkpoint = read_checkpoint(ckpt_path, "ckpt_path")
+            missing = [k for k in LIGHTNING_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+            if missing:
+                raise ValueError(f"ckpt_path: {file} is not a Lightning checkpoint of a run (no {', '.join(missing)})")
+            hparams = checkpoint.get("hyper_parameters", {})
+            check_hyperparameters(hparams, file, TransferModule)
+        except ValueError as error:
+            parser.error(str(error))
+        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+        config = self.config[subcommand]
+        report_differences(f"ckpt_path {file}", "the checkpoint's", config_differences(config.get("model"), hparams))
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            say(f"ckpt_path {file}: its hyper_parameters do not parse as a model config (see above)")
+            raise
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -103,6 +212,32 @@ class TransferCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()
+        if self.config_init[self.subcommand].get("ckpt_path") == "last":
+            self._resolve_last()
+
+    def _resolve_last(self) -> None:
+        """`--ckpt_path last`: resume this run folder's newest last checkpoint, or say that training starts
+        fresh (Lightning's own note is easy to miss), listing config values that differ from it."""
+        found, folders = set(), []
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                found |= callback._find_last_checkpoints(self.trainer)
+                folder = callback._ModelCheckpoint__resolve_ckpt_dir(self.trainer)  # type: ignore[attr-defined]
+                folders.append(os.path.abspath(folder))
+        if not found:
+            say(
+                f"ckpt_path=last: no last checkpoint in {', '.join(folders) or 'any checkpoint folder'}; training "
+                "starts fresh. (Each run writes into a folder of its own: to resume an earlier run, give its "
+                "checkpoints/last.ckpt as ckpt_path, or set checkpoint.dirpath to that run's checkpoint folder.)"
+            )
+            self.config_init[self.subcommand]["ckpt_path"] = None
+            return
+        newest = max(found, key=lambda path: Path(path).stat().st_mtime)
+        file, checkpoint = read_checkpoint(newest, "ckpt_path")
+        hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        differences = config_differences(self.config[self.subcommand].get("model"), hparams)
+        hint = " (to rebuild the model as it was trained instead, give the file as ckpt_path)"
+        report_differences(f"ckpt_path=last ({file})", "the config's", differences, hint)
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", default=False):

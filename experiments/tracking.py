@@ -1,10 +1,13 @@
-"""Weights & Biases that never blocks or breaks training: offline by itself without credentials."""
+"""Weights & Biases that never blocks or breaks training: offline by itself without credentials, and offline
+(after a bounded wait) when the server cannot be reached."""
 
 from __future__ import annotations
 
 import netrc
 import os
 import secrets
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,6 +28,20 @@ def wandb_credentials_found() -> bool:
         return False
 
 
+def server_unreachable(timeout: float) -> str | None:
+    """Why the W&B server (WANDB_BASE_URL) gives no HTTP answer within `timeout` seconds, or None when it
+    answers (any status counts: a refused key is W&B's to report). Goes through the proxies the environment
+    names, as W&B does."""
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"{url}: {getattr(error, 'reason', None) or error or type(error).__name__}"
+    return None
+
+
 def wandb_offline_by_default() -> bool:
     """Offline when WANDB_MODE says so, or when it is unset and no credentials are found."""
     mode = os.environ.get("WANDB_MODE")
@@ -34,9 +51,12 @@ def wandb_offline_by_default() -> bool:
 class WandbLogger(LightningWandbLogger):
     """Lightning's WandbLogger with the defaults this project needs.
 
-    Each run gets its own directory `<save_dir>/<run id>` (config, metadata, checkpoints, wandb files).
-    With no credentials (and no WANDB_MODE chosen) it logs offline and says how to sync; if an online
-    run cannot start, it falls back to offline instead of failing the training.
+    Each run gets its own directory `<save_dir>/<run id>` (config, metadata, checkpoints, wandb files), made
+    when the run starts (a config error creates none). With no credentials (and no WANDB_MODE chosen) it logs
+    offline and says how to sync. Online, it never hangs the training: a server that does not
+    answer within `connect_timeout` seconds (closed port, no route, a server that hangs), or a `wandb.init` that
+    fails or gives up (W&B's own `init_timeout`, plus about 10 s of its login check), leaves the run logging
+    offline, with a warning that says so and how to sync. Offline runs make no network connection.
 
     Args:
         project: W&B project.
@@ -48,7 +68,8 @@ class WandbLogger(LightningWandbLogger):
         offline: Force offline (True) or online (False); None decides from the credentials found.
         entity: W&B entity (user or team).
         log_model: Upload checkpoints as artifacts (online only).
-        init_timeout: Seconds to wait for W&B to start before going offline.
+        init_timeout: Seconds `wandb.init` may wait for the server before the run goes offline.
+        connect_timeout: Seconds to wait for the server to answer an HTTP request before going offline at once.
     """
 
     def __init__(
@@ -62,7 +83,8 @@ class WandbLogger(LightningWandbLogger):
         offline: bool | None = None,
         entity: str | None = None,
         log_model: bool = False,
-        init_timeout: float = 60.0,
+        init_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
     ):
         import wandb
 
@@ -70,7 +92,8 @@ class WandbLogger(LightningWandbLogger):
             offline = wandb_offline_by_default()
         run_id = secrets.token_hex(4)
         run_dir = Path(save_dir) / (f"{name}-{run_id}" if name else run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self._run_dir = run_dir
+        self._connect_timeout = connect_timeout
         super().__init__(
             name=name,
             save_dir=str(run_dir),
@@ -85,6 +108,7 @@ class WandbLogger(LightningWandbLogger):
             settings=wandb.Settings(init_timeout=init_timeout, console="off"),
         )
         if offline:
+            self._wandb_init["mode"] = "offline"
             rank_zero_info(
                 f"W&B: no credentials found, logging offline to {run_dir}/wandb. "
                 f"Sync later with `wandb sync {run_dir}/wandb/offline-run-*` after `wandb login`."
@@ -93,12 +117,28 @@ class WandbLogger(LightningWandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
+        if self._experiment is not None:
+            return self._experiment
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        if not self._offline:
+            reason = server_unreachable(self._connect_timeout)
+            if reason is not None:
+                self._go_offline(f"the server is unreachable within {self._connect_timeout:g} s ({reason})")
         try:
             return LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
-        except Exception as error:  # an unreachable server must not cost the training run
+        except Exception as error:  # a server that does not answer must not cost the training run
             if self._offline:
                 raise
-            rank_zero_warn(f"W&B could not start online ({error}); logging offline instead, sync it later.")
-            self._offline = True
-            self._experiment = None
+            self._go_offline(f"wandb.init failed: {error}")
             return LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
+
+    def _go_offline(self, why: str) -> None:
+        # A fresh run id: W&B keeps the id of a failed online start reserved in this process.
+        self._offline, self._experiment = True, None
+        run_id = f"{self._wandb_init['id']}-offline"
+        self._wandb_init.update(mode="offline", id=run_id)
+        self._id = run_id
+        rank_zero_warn(
+            f"W&B could not start online, {why}; logging offline to {self._run_dir}/wandb instead. Sync it later "
+            f"with `wandb sync {self._run_dir}/wandb/offline-run-*`."
+        )

@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_modules.backbones import create_backbone
 from lightning_modules.checkpoints import read_checkpoint
+from lightning_modules.finite import check_finite_losses, check_finite_state
 from lightning_modules.metrics import TaskMetrics
 
 Batch = dict[str, Tensor]
@@ -130,9 +131,11 @@ class TransferModule(LightningModule):
         name = self.val_names[dataloader_idx] if stage != "train" else ""
         return f"_{name}" if name else ""
 
-    def _step(self, batch: Batch, stage: str, dataloader_idx: int = 0) -> Tensor:
+    def _step(self, batch: Batch, stage: str, dataloader_idx: int = 0, batch_idx: int = 0) -> Tensor:
         out = self.compute_loss(batch, stage)
         on_step = stage == "train"
+        if on_step:  # stop before a NaN/inf reaches the weights, naming the step and the term
+            check_finite_losses(out, self.global_step, self.current_epoch, batch_idx)
         suffix = self._suffix(stage, dataloader_idx)
         for name, value in out.items():
             if name != "logits":
@@ -164,7 +167,7 @@ class TransferModule(LightningModule):
         self.log(f"{stage}/score", torch.stack(scores).mean(), prog_bar=stage == "val")
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx=batch_idx)
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._step(batch, "val", dataloader_idx)
@@ -174,6 +177,11 @@ class TransferModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every checkpoint (best, last, on signal) holds finite tensors only, or is not written at all.
+        check_finite_state(checkpoint["state_dict"], "checkpoint state_dict")
+        check_finite_state(checkpoint.get("optimizer_states", []), "checkpoint optimizer_states")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

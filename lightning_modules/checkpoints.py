@@ -1,7 +1,9 @@
-"""Reading a checkpoint of one of our runs, given by a config key (`model.backbone_ckpt`, `model.teacher_ckpt`)."""
+"""Reading a checkpoint of one of our runs, given by a config key (`ckpt_path`, `model.backbone_ckpt`,
+`model.teacher_ckpt`): weights only, hyper_parameters that name code refused, config differences listed."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,3 +19,71 @@ def read_checkpoint(path: str, key: str) -> tuple[Path, Any]:
         return file, torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{key}: cannot read {file}: {error}") from error
+
+
+# What LightningCLI's checkpoints may name as their instantiator: Lightning's own, nothing else.
+TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
+# Model arguments set from the data at instantiate time: their parsed values are placeholders, not choices.
+LINKED_FROM_DATA = ("num_classes", "metrics", "val_names", "tasks")
+
+
+def imported_subclass(class_path: object, base: type) -> bool:
+    """Whether `class_path` names a subclass of `base` that is already imported: reads `sys.modules`, so
+    checking a checkpoint's `_class_path` never imports (runs) a module the checkpoint chose."""
+    if not isinstance(class_path, str):
+        return False
+    module, _, name = class_path.rpartition(".")
+    target = getattr(sys.modules.get(module), name, None)
+    return isinstance(target, type) and issubclass(target, base)
+
+
+def check_hyperparameters(hparams: dict[str, Any], file: Path, base: type) -> None:
+    """Refuse a checkpoint whose hyper_parameters name code to run: an instantiator other than Lightning's, or a
+    class that is not an imported `base` subclass. Errors name the file and the value."""
+    instantiator = hparams.get("_instantiator")
+    if instantiator is not None and instantiator not in TRUSTED_INSTANTIATORS:
+        raise ValueError(
+            f"ckpt_path: {file} names the instantiator {instantiator!r} in its hyper_parameters; only "
+            f"{', '.join(TRUSTED_INSTANTIATORS)} is trusted, so it was not imported"
+        )
+    class_path = hparams.get("_class_path")
+    if class_path is not None and not imported_subclass(class_path, base):
+        raise ValueError(
+            f"ckpt_path: {file} names the class {class_path!r} in its hyper_parameters, which is not one of the "
+            f"imported {base.__name__} strategies; it was not imported (a checkpoint must not choose code to run)"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain data, comparable with what a checkpoint stores."""
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+MISSING = "<not set>"
+
+
+def config_differences(model: Any, hparams: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """`(key, config value, checkpoint value)` for each model setting the checkpoint holds and the parsed
+    config gives differently; `model` is the parsed `model` (class_path + init_args, or plain arguments)."""
+    model = _plain(model) or {}
+    init_args = model.get("init_args", model) if "class_path" in model else model
+    differences: list[tuple[str, Any, Any]] = []
+    stored_class = hparams.get("_class_path")
+    if stored_class is not None and model.get("class_path") not in (None, stored_class):
+        differences.append(("model.class_path", model["class_path"], stored_class))
+    prefix = "model.init_args." if "class_path" in model else "model."
+    for key, stored in hparams.items():
+        if key.startswith("_") or key in LINKED_FROM_DATA:
+            continue
+        given = init_args.get(key, MISSING)
+        if _plain(stored) != given:
+            differences.append((prefix + key, given, _plain(stored)))
+    return differences

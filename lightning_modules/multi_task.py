@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from datamodules.multi_task import check_task_names
 from lightning_modules.base import Batch, ParamGroup, TransferModule
+from lightning_modules.finite import check_finite_losses
 from lightning_modules.metrics import TaskMetrics
 from lightning_modules.weighting import Equal, GradientWeighting, LossWeighting
 
@@ -182,6 +183,7 @@ class MultiTask(TransferModule):
 
     def training_step(self, batch: MultiBatch, batch_idx: int) -> Tensor | None:  # type: ignore[override]
         out = self.compute_loss(batch, "train")
+        check_finite_losses(out, self.global_step, self.current_epoch, batch_idx)
         self._record(batch, out, "train")
         if self.automatic_optimization:
             return out["loss"]

@@ -1,0 +1,165 @@
+"""Item 10: bad data stops early naming what is wrong: a CIFAR-10 batch file that fails its checksum is never
+unpickled; unreadable images in an ImageFolder are named (error) or counted and named (skip); labels out of
+range, and GLUE's -1 "no label" in a training split, stop setup naming the split and the value."""
+
+import hashlib
+import importlib.machinery
+import pickle
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torchvision.datasets.cifar as torchvision_cifar
+from image_trees import imagenet_tree
+from torchvision.datasets import CIFAR10
+
+from datamodules import CIFAR10DataModule, GLUEDataModule, ImageFolderDataModule, Preprocessing
+from datamodules.cifar10 import BATCHES_FOLDER, CIFAR10_CLASSES
+from datamodules.image_files import UnreadableImageError
+
+SMALL = Preprocessing(image_size=32)
+GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def batches(tmp_path, monkeypatch) -> Path:
+    """torchvision's CIFAR-10 layout with 2 images per class per batch, registered as the official files: the
+    published MD5 table is replaced by these files' sums (the real batches are 180 MB)."""
+    root = tmp_path / "cifar"
+    folder = root / BATCHES_FOLDER
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        labels = [label for label in range(10) for _ in range(2)]
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
+    register(monkeypatch, folder)
+    return root
+
+
+def register(monkeypatch, folder: Path) -> None:
+    sums = {p.name: md5(p) for p in folder.iterdir()}
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", sums[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", sums["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": sums["batches.meta"]})
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def cifar(root, **kwargs) -> CIFAR10DataModule:
+    return CIFAR10DataModule(root=str(root), num_workers=0, batch_size=4, preprocessing=SMALL, **kwargs)
+
+
+def no_unpickling_nor_download(monkeypatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("unpickled or downloaded a file that failed its checksum")
+
+    monkeypatch.setattr(torchvision_cifar.pickle, "load", forbidden)
+    monkeypatch.setattr(CIFAR10, "download", forbidden)
+
+
+def test_cifar_batches_whose_checksums_match_load(batches):
+    dm = cifar(batches)
+    dm.setup("fit")
+    assert dm.num_classes == 10 and len(dm._samples["train"]) + len(dm._samples["val"]) == 100
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_a_flipped_byte_in_a_cifar_batch_fails_the_checksum_before_unpickling(batches, download, monkeypatch):
+    path = batches / BATCHES_FOLDER / "data_batch_3"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    no_unpickling_nor_download(monkeypatch)
+    with pytest.raises(ValueError, match=rf"data.root: {path} fails its checksum \(MD5 {md5(path)}, CIFAR-10's is"):
+        cifar(batches, download=download).setup("fit")
+
+
+def test_a_cifar_batch_replaced_by_a_code_running_pickle_is_never_unpickled(batches, tmp_path):
+    path = batches / BATCHES_FOLDER / "test_batch"
+    path.write_bytes(pickle.dumps(Payload(tmp_path / "PWNED")))
+    with pytest.raises(ValueError, match="test_batch fails its checksum"):
+        cifar(batches, download=False).setup("test")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_label_out_of_range_stops_setup_naming_the_split_and_value(batches, monkeypatch):
+    path = batches / BATCHES_FOLDER / "data_batch_2"
+    batch = pickle.loads(path.read_bytes())
+    batch["labels"][5] = 10
+    path.write_bytes(pickle.dumps(batch))
+    register(monkeypatch, path.parent)  # a batch with a valid checksum, holding a bad label
+    with pytest.raises(ValueError, match=r"train split: label 10 \(sample 25\) is outside \[0, 10\)"):
+        cifar(batches).setup("fit")
+
+
+@pytest.fixture
+def damaged(tmp_path) -> Path:
+    """A user's image folders with a truncated JPEG and a text file named .jpg among real images."""
+    root = imagenet_tree(tmp_path / "images", {"train": 4, "test": 2}, classes=["cat", "dog"])
+    cat = root / "train" / "cat" / "cat_1.JPEG"
+    cat.write_bytes(cat.read_bytes()[:100])
+    (root / "train" / "dog" / "dog_9.jpg").write_text("not an image\n")
+    return root
+
+
+def folders(root, **kwargs) -> ImageFolderDataModule:
+    return ImageFolderDataModule(root=str(root), num_workers=0, batch_size=2, preprocessing=SMALL, **kwargs)
+
+
+def test_unreadable_images_stop_setup_naming_each_path(damaged):
+    with pytest.raises(UnreadableImageError, match=r"cat_1.JPEG: .*1 more unreadable.*dog_9.jpg"):
+        folders(damaged).setup("fit")
+
+
+def test_unreadable_images_are_counted_named_and_left_out_when_skipping(damaged):
+    dm = folders(damaged, on_bad_file="skip")
+    with pytest.warns(UserWarning, match=r"left out 2 unreadable image files"):
+        dm.setup("fit")
+    assert sorted(Path(p).name for p in dm.skipped_files) == ["cat_1.JPEG", "dog_9.jpg"]
+    assert len(dm._samples["train"]) + len(dm._samples["val"]) == 7  # 8 real images, one of them truncated
+    assert sum(len(b["labels"]) for b in dm.train_dataloader()) == len(dm._samples["train"])  # all decode
+
+
+def test_glue_minus_one_in_a_training_file_stops_setup_naming_split_and_value(tmp_path):
+    root = tmp_path / "glue"
+    shutil.copytree(GLUE_FIXTURES / "SST-2", root / "SST-2")
+    path = root / "SST-2" / "train.tsv"
+    path.write_text(path.read_text().replace("dull \t0", "dull \t-1", 1))
+    dm = GLUEDataModule(task="sst2", root=str(root), preprocessing=Preprocessing(tokenizer="unused"))
+    with pytest.raises(ValueError, match=r"sst2 train split .*SST-2/train.tsv line 3.*label -1 is outside \[0, 2\)"):
+        dm.rows("train")
+
+
+def test_glue_minus_one_in_a_hugging_face_training_split_stops_naming_split_row_and_value(monkeypatch):
+    table = {"sentence": ["good", "bad", "fine"], "label": [1, -1, 0], "idx": [0, 1, 2]}
+    module = types.ModuleType("datasets")
+    module.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
+    module.load_dataset = lambda *args: {"train": table, "validation": table, "test": table}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "datasets", module)
+    dm = GLUEDataModule(task="sst2", preprocessing=Preprocessing(tokenizer="unused"))
+    where = r"sst2 train split \(Hugging Face glue/sst2 train\)"
+    with pytest.raises(ValueError, match=rf"{where} row 1: label -1 is outside"):
+        dm.rows("train")
+    assert dm.rows("test")[0].labels.tolist() == [-1, -1, -1]  # the test split's -1 means "no label": not an error

@@ -1,0 +1,126 @@
+"""Item 7: offline W&B makes no network connection; an online run whose server cannot be reached goes
+offline within a bounded time (documented in experiments.tracking.WandbLogger) and the training completes."""
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from experiments.cli import CONFIGS
+
+TINY = [sys.executable, "-m", "experiments.cli", "fit", "--model", "FineTuning", "--model.backbone", "tiny_cnn",
+        "--model.pretrained", "false", "--data", "SyntheticDataModule", "--trainer.max_epochs", "1",
+        "--trainer.enable_progress_bar", "false", "-c", str(CONFIGS / "logger" / "wandb.yaml"),
+        "--trainer.logger.init_args.save_dir", "runs"]  # fmt: skip
+DUMMY_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, like a real key
+
+
+class Listener:
+    """A loopback TCP server that counts connections and never answers (a server that hangs)."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted, self.held = 0, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(connection)
+
+    def close(self):
+        self.server.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.fixture
+def listener():
+    server = Listener()
+    yield server
+    server.close()
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]
+
+
+def run(tmp_path, env: dict[str, str | None], *extra: str) -> tuple[subprocess.CompletedProcess, float]:
+    environment = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    started = time.perf_counter()
+    done = subprocess.run([*TINY, *extra], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    return done, time.perf_counter() - started
+
+
+def offline_run_files(tmp_path) -> list:
+    return list((tmp_path / "runs").rglob("offline-run-*/*.wandb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "env",
+    [{"WANDB_MODE": "offline", "WANDB_API_KEY": DUMMY_KEY}, {"WANDB_MODE": None, "WANDB_API_KEY": None}],
+    ids=["WANDB_MODE=offline", "no-credentials"],
+)
+def test_offline_makes_no_connection(env, listener, tmp_path):
+    done, _ = run(tmp_path, {**env, "WANDB_BASE_URL": f"http://127.0.0.1:{listener.port}", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert offline_run_files(tmp_path), "no offline W&B run was written"
+    assert listener.accepted == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["closed-port", "never-answers"])
+def test_unreachable_server_goes_offline_within_the_connect_timeout(server, listener, tmp_path):
+    url = f"http://127.0.0.1:{closed_port() if server == 'closed-port' else listener.port}"
+    done, seconds = run(tmp_path, {"WANDB_MODE": None, "WANDB_API_KEY": DUMMY_KEY, "WANDB_BASE_URL": url})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"W&B could not start online, the server is unreachable within 5 s ({url}" in done.stderr
+    assert "wandb sync" in done.stderr and offline_run_files(tmp_path)
+    assert listener.accepted == (1 if server == "never-answers" else 0)  # one probe, no W&B retry loop
+    assert seconds < 60, f"{seconds:.0f} s"  # imports and the tiny fit take about 10 s, the probe at most 5 s
+
+
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """A W&B server that answers every request 401, as for a revoked key."""
+
+    def _answer(self):
+        body = b'{"errors": [{"message": "user is not logged in"}]}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_HEAD = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_a_failed_wandb_init_falls_back_to_offline(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        env = {"WANDB_MODE": None, "WANDB_API_KEY": DUMMY_KEY, "WANDB_BASE_URL": url}
+        done, seconds = run(tmp_path, env, "--trainer.logger.init_args.init_timeout", "5")
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "W&B could not start online, wandb.init failed" in done.stderr and "401" in done.stderr
+    assert offline_run_files(tmp_path)
+    assert seconds < 90, f"{seconds:.0f} s"
