@@ -30,7 +30,8 @@ class CheckpointOnSigterm(Callback):
         if isinstance(exception, SIGTERMException):
             path = self._save_last(trainer)
             rank_zero_info(
-                f"SIGTERM: saved the {trainer.global_step} completed steps to {path}; resume with --ckpt_path last"
+                f"SIGTERM: saved the {trainer.global_step} completed steps to {path}; resume with the same "
+                f"command and --ckpt_path {path}"
             )
             exception.code = EXIT_SIGTERM
         elif trainer.world_size > 1 and trainer.is_global_zero:

@@ -17,14 +17,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume
+from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
+from experiments.config_files import yaml_file_error
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
 from lightning_modules.checkpoints import check_hyperparameters, config_differences, read_checkpoint
@@ -33,7 +36,6 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"
 # `ckpt_path` values that name no file: Lightning resolves them itself.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
-YAML = (".yaml", ".yml")
 LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")  # what every checkpoint a Trainer writes holds
 
 
@@ -45,53 +47,6 @@ def say(message: str) -> None:
 def preprocessing_of(backbone: str) -> dict[str, Any]:
     """Link function: a backbone name -> its preprocessing as plain values (serialisable config)."""
     return asdict(backbone_preprocessing(backbone))
-
-
-def yaml_file_error(args: list[str]) -> str | None:
-    """The first config file named in `args` (`-c`/`--config` values and any existing *.yaml argument), or
-    named inside one (`model: ../model/x.yaml`), that is not plain YAML, as `config file PATH, line L, column C:
-    problem`. jsonargparse reports such errors for a `<unicode string>`, without the file; YAML tags that
-    would build Python objects are refused the same way."""
-    files = []
-    for index, arg in enumerate(args):
-        if arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-        elif not arg.startswith("-") and ((index and args[index - 1] in ("-c", "--config")) or arg.endswith(YAML)):
-            files.append(arg)
-    seen: set[Path] = set()
-    pending = [Path(f).expanduser() for f in files]
-    while pending:
-        path = pending.pop(0)
-        if path in seen or not path.is_file() or not path.name.endswith(YAML):
-            continue
-        seen.add(path)
-        try:
-            content = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            return f"config file {path}{_yaml_position(error)}"
-        except UnicodeDecodeError as error:
-            return f"config file {path}: not UTF-8 text ({error})"
-        pending += [path.parent / value for value in _strings(content) if value.endswith(YAML)]
-    return None
-
-
-def _yaml_position(error: yaml.YAMLError) -> str:
-    mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
-    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(error, "problem", None) or str(error)
-    if context is not None and getattr(error, "context", None):
-        problem += f" ({error.context} at line {context.line + 1}, column {context.column + 1})"  # type: ignore[attr-defined]
-    return f"{where}: {problem}"
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
 
 
 def report_differences(source: str, used: str, differences: list[tuple[str, Any, Any]], hint: str = "") -> None:
@@ -131,7 +86,7 @@ class TransferCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastAlwaysModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
         parser.add_lightning_class_args(RunMetadata, "run_metadata")
         parser.add_lightning_class_args(PredictionWriter, "predictions")  # acts on `predict` only
@@ -208,7 +163,14 @@ class TransferCLI(LightningCLI):
         # `early_stopping: null` switches early stopping off: drop forced callbacks set to None.
         keys = self._parser(self.subcommand).callback_keys
         extra = [cb for cb in (self._get(self.config_init, k) for k in keys) if cb is not None]
-        return self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
+        # What makes an interrupted run resumable is always on, whatever list of callbacks a config sets.
+        extra += [CheckpointOnSigterm(), ExactResume()]
+        trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        plugins = trainer.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            trainer["plugins"] = [*plugins, AtomicCheckpointIO()]  # checkpoints complete or absent, never partial
+        return self._instantiate_trainer(trainer, extra)
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()
