@@ -19,7 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.datasets import ImageDataset
 from datamodules.feature_inputs import FeatureInputs
-from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, epoch_seeded_generator
+from datamodules.samplers import (
+    EpochSeededRandomSampler,
+    ResumableDataLoader,
+    epoch_seeded_generator,
+    progress_of,
+)
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
 from datamodules.transforms import MultiView, Preprocessing, image_transform, simclr_transform
 
@@ -200,15 +205,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         if not shuffle:
             return DataLoader(dataset, **options)
         sampler = EpochSeededRandomSampler(dataset)
-        return ResumableDataLoader(dataset, sampler=sampler, progress=self._training_progress, **options)
-
-    def _training_progress(self) -> tuple[int, float]:
-        """(training batches finished in this epoch, batches per epoch): where a checkpoint leaves the epoch."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, float("inf")
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return progress.processed, trainer.num_training_batches  # type: ignore[attr-defined]
+        return ResumableDataLoader(dataset, sampler=sampler, progress=progress_of(self), **options)
 
     def train_dataloader(self) -> DataLoader:
         if self.input_encoder is not None:

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DistributedSampler
 
+from datamodules.samplers import Resumable
+
 
 class PadCollator:
     """Pads `{"input_ids", ["token_type_ids"], "labels", "index"}` items into one batch dict.
@@ -55,7 +57,7 @@ class PadCollator:
         return batch
 
 
-class LengthGroupedSampler(DistributedSampler):
+class LengthGroupedSampler(Resumable, DistributedSampler):
     """Training order whose batches hold sequences of similar length (less padding, same randomness).
 
     Each epoch: shuffle all rows, sort each chunk of `chunk_batches` batches by length (longest first),
@@ -106,4 +108,4 @@ class LengthGroupedSampler(DistributedSampler):
         full, short = (batches[:-1], batches[-1:]) if len(batches[-1]) < group else (batches, [])
         shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
         stream = torch.cat(shuffled + short)
-        yield from stream[self.rank :: self.num_replicas].tolist()
+        yield from stream[self.rank :: self.num_replicas].tolist()[self._skip() :]

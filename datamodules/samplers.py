@@ -55,7 +55,25 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-class EpochSeededRandomSampler(DistributedSampler):
+class Resumable:
+    """What `ResumableDataLoader` needs of a `DistributedSampler`: `resume(epoch, consumed)` makes its next
+    iteration of `epoch` start after this rank's first `consumed` indices (`_skip` applies it once)."""
+
+    epoch: int
+    seed: int
+    num_replicas: int
+    _resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        self.set_epoch(epoch)  # type: ignore[attr-defined]
+        self._resume = (epoch, consumed)
+
+    def _skip(self) -> int:
+        resume, self._resume = self._resume, None
+        return resume[1] if resume is not None and resume[0] == self.epoch else 0
+
+
+class EpochSeededRandomSampler(Resumable, DistributedSampler):
     """A permutation drawn from `seed + epoch` alone (the training seed, `PL_GLOBAL_SEED`, by default), so
     epoch e has the same order whether or not the run was interrupted before it; Lightning calls `set_epoch`.
 
@@ -83,21 +101,10 @@ class EpochSeededRandomSampler(DistributedSampler):
             seed=seed,
         )
         self.data_source = data_source
-        self._resume: tuple[int, int] | None = None
-
-    def resume(self, epoch: int, consumed: int) -> None:
-        """Start the next iteration of `epoch` after this rank's first `consumed` indices."""
-        self.set_epoch(epoch)
-        self._resume = (epoch, consumed)
 
     def __iter__(self) -> Iterator[int]:
-        order = list(super().__iter__())
-        skip = 0
-        if self._resume is not None:
-            epoch, consumed = self._resume
-            self._resume = None
-            skip = consumed if epoch == self.epoch else 0
-        return iter([SampleIndex(i, sample_seed(self.seed, self.epoch, i)) for i in order[skip:]])
+        order = list(super().__iter__())[self._skip() :]
+        return iter([SampleIndex(i, sample_seed(self.seed, self.epoch, i)) for i in order])
 
 
 # (training batches finished in the current epoch, batches per epoch), asked when a checkpoint is written
@@ -120,7 +127,7 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         sampler = self.sampler
-        if not isinstance(sampler, EpochSeededRandomSampler) or self.batch_size is None:
+        if not isinstance(sampler, Resumable) or self.batch_size is None:
             return {}
         done, per_epoch = self.progress() if self.progress is not None else (0, float("inf"))
         epoch = sampler.epoch
@@ -132,7 +139,7 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler = self.sampler
-        if not state or not isinstance(sampler, EpochSeededRandomSampler):
+        if not state or not isinstance(sampler, Resumable):
             return
         # Another order, or a cut between ranks, than the interrupted run's: the count would not say which
         # samples were seen.
@@ -147,6 +154,19 @@ class ResumableDataLoader(DataLoader):
                 f"{sampler.num_replicas} processes cannot split evenly: resume with the interrupted run's devices"
             )
         sampler.resume(state["epoch"], state["samples"] // sampler.num_replicas)
+
+
+def progress_of(owner: Any) -> TrainingProgress:
+    """The `progress` of a `ResumableDataLoader` made by `owner` (a datamodule): from its trainer, (training
+    batches finished in this epoch, batches per epoch), where a checkpoint leaves the epoch."""
+
+    def progress() -> tuple[int, float]:
+        trainer = getattr(owner, "trainer", None)
+        if trainer is None:
+            return 0, float("inf")
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
+
+    return progress
 
 
 def epoch_seeded_generator(seed: int) -> torch.Generator:
