@@ -2,13 +2,12 @@
 W&B run folder, caches) and neither stdout nor stderr contains either value, offline or after an online
 W&B start that failed."""
 
-import http.server
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
+from refusing_wandb import refusing_server
 from support import GLUE_FIXTURES
 
 from experiments.cli import CONFIGS
@@ -26,29 +25,10 @@ RUNS = {
 }  # fmt: skip
 
 
-class Refusing(http.server.BaseHTTPRequestHandler):
-    """A W&B server that refuses every request (401): the run starts online, then goes offline."""
-
-    def _answer(self):
-        body = b'{"errors": [{"message": "user is not logged in"}]}'
-        self.send_response(401)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_GET = do_POST = do_HEAD = _answer
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def refusing_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+def refusing_server_url():
+    with refusing_server() as url:
+        yield url
 
 
 def leaks(data: bytes) -> list[bytes]:
@@ -57,14 +37,14 @@ def leaks(data: bytes) -> list[bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("task", "wandb"), [("vision", "offline"), ("text", "offline"), ("vision", "online-refused")])
-def test_no_file_and_no_output_holds_a_secret(task, wandb, tmp_path, refusing_server):
+def test_no_file_and_no_output_holds_a_secret(task, wandb, tmp_path, refusing_server_url):
     home = tmp_path / "home"  # W&B's and HF's own folders (~/.config/wandb, ~/.cache) land in here too
     env = {**os.environ, "WANDB_API_KEY": WANDB_KEY, "HF_TOKEN": HF_TOKEN, "HOME": str(home), "WANDB_MODE": "offline",
            "TRANSFER_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp")}  # fmt: skip
     (tmp_path / "tmp").mkdir()
     if wandb == "online-refused":
         env.pop("WANDB_MODE")
-        env["WANDB_BASE_URL"] = refusing_server
+        env["WANDB_BASE_URL"] = refusing_server_url
     done = subprocess.run([sys.executable, "-m", "experiments.cli", "fit", *RUNS[task], *COMMON], cwd=tmp_path,
                           env=env, capture_output=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -1,7 +1,6 @@
 """Item 7: offline W&B makes no network connection; an online run whose server cannot be reached goes
 offline within a bounded time (documented in experiments.tracking.WandbLogger) and the training completes."""
 
-import http.server
 import os
 import socket
 import subprocess
@@ -10,6 +9,7 @@ import threading
 import time
 
 import pytest
+from refusing_wandb import refusing_server
 
 from experiments.cli import CONFIGS
 
@@ -92,34 +92,11 @@ def test_unreachable_server_goes_offline_within_the_connect_timeout(server, list
     assert seconds < 60, f"{seconds:.0f} s"  # imports and the tiny fit take about 10 s, the probe at most 5 s
 
 
-class Refusing(http.server.BaseHTTPRequestHandler):
-    """A W&B server that answers every request 401, as for a revoked key."""
-
-    def _answer(self):
-        body = b'{"errors": [{"message": "user is not logged in"}]}'
-        self.send_response(401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_GET = do_POST = do_HEAD = _answer
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.slow
 def test_a_failed_wandb_init_falls_back_to_offline(tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with refusing_server() as url:
         env = {"WANDB_MODE": None, "WANDB_API_KEY": DUMMY_KEY, "WANDB_BASE_URL": url}
         done, seconds = run(tmp_path, env, "--trainer.logger.init_args.init_timeout", "5")
-    finally:
-        server.shutdown()
     assert done.returncode == 0, done.stderr[-2000:]
     assert "W&B could not start online, wandb.init failed" in done.stderr and "401" in done.stderr
     assert offline_run_files(tmp_path)
