@@ -28,6 +28,7 @@ from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpo
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 from experiments.config_files import yaml_file_error
+from experiments.trainer import Trainer as TransferTrainer
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
 from lightning_modules.checkpoints import check_hyperparameters, config_differences, read_checkpoint
@@ -80,6 +81,7 @@ class TransferCLI(LightningCLI):
             # With subcommands (run=True) the arguments live in one parser per subcommand, named by its key.
             parser_kwargs={name: defaults for name in self.subcommands()} if run else defaults,
             auto_configure_optimizers=False,
+            trainer_class=TransferTrainer,  # precision: auto
             args=args,
             run=run,
             **kwargs,
