@@ -7,6 +7,7 @@ from callbacks.interruptions import CheckpointOnSigterm
 from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
+from callbacks.speed import Speed
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -16,4 +17,5 @@ __all__ = [
     "ModelCheckpoint",
     "PredictionWriter",
     "RunMetadata",
+    "Speed",
 ]

@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume
+from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume, Speed
 from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
@@ -92,6 +92,7 @@ class TransferCLI(LightningCLI):
         parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
         parser.add_lightning_class_args(RunMetadata, "run_metadata")
         parser.add_lightning_class_args(PredictionWriter, "predictions")  # acts on `predict` only
+        parser.add_lightning_class_args(Speed, "speed")  # channels_last, torch.compile
         parser.add_argument(
             "--test_after_fit",
             type=bool,
