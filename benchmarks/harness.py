@@ -92,7 +92,7 @@ class Comparison:
     def min(self) -> float:
         return min(self.speedups)
 
-    def judge(self, target: str, passed: bool, note: str = "") -> Comparison:
+    def judge(self, target: str, passed: bool | None, note: str = "") -> Comparison:
         self.target, self.passed, self.note = target, passed, note
         return self
 
