@@ -141,7 +141,7 @@ class DWA(LossWeighting):
     def setup(self, tasks: dict[str, bool]) -> None:
         super().setup(tasks)
         k = len(self.tasks)
-        self.register_buffer("history", torch.full((2, k), float("nan")))
+        self.register_buffer("history", torch.zeros(2, k))  # 0: no loss seen (checkpoints hold finite tensors only)
         self.register_buffer("weights", torch.ones(k))
         self.epoch_losses = nn.ModuleList([MeanMetric() for _ in self.tasks])
 
@@ -159,14 +159,14 @@ class DWA(LossWeighting):
 
     def end_epoch(self) -> None:
         metrics = [self._epoch_loss(i) for i in range(len(self.tasks))]
-        nan = torch.tensor(float("nan"))
+        unseen = torch.tensor(0.0)
         current = torch.stack(
-            [(m.compute() if m.update_called else nan).float().to(self.history.device) for m in metrics]
+            [(m.compute() if m.update_called else unseen).float().to(self.history.device) for m in metrics]
         )
         for metric in metrics:
             metric.reset()
         self.history.copy_(torch.stack([self.history[1], current]))
-        ready = bool(torch.isfinite(self.history).all() and (self.history[0] > 0).all())
+        ready = bool(torch.isfinite(self.history).all() and (self.history > 0).all())
         weights = dwa_weights(self.history[1], self.history[0], self.temperature) if ready else torch.ones_like(current)
         self.weights.copy_(weights)
 
@@ -233,7 +233,7 @@ class GradNorm(GradientWeighting):
     def setup(self, tasks: dict[str, bool]) -> None:
         super().setup(tasks)
         self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
-        self.register_buffer("initial_losses", torch.full((len(self.tasks),), float("nan")))
+        self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))  # 0: not set yet (set losses are > 0)
 
     def shared_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         groups = getattr(backbone, "layer_groups", lambda: [list(backbone.parameters())])()
@@ -248,7 +248,7 @@ class GradNorm(GradientWeighting):
         return torch.stack(list(terms.values())).sum(), {t: weights[self.tasks.index(t)] for t in losses}
 
     def combine(self, task_grads: Tensor, losses: Tensor, step: int) -> Tensor | None:
-        if torch.isnan(self.initial_losses).any():
+        if (self.initial_losses == 0).any():
             self.initial_losses.copy_(losses.detach().clamp_min(1e-12))
         grad = gradnorm_weight_gradient(
             self.task_weights.detach(), task_grads.norm(dim=1), losses.detach() / self.initial_losses, self.alpha
