@@ -17,7 +17,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.datasets import ImageDataset
+from datamodules.batch_augment import BatchAugment
+from datamodules.datasets import ImageDataset, TensorImageDataset
 from datamodules.feature_inputs import FeatureInputs
 from datamodules.samplers import (
     EpochSeededRandomSampler,
@@ -59,6 +60,10 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         max_per_class: Same as `train_per_class` (the ImageNet-subset name); give either.
         test_per_class: Cap on test images per class (balanced, chosen with `seed`) for quicker evaluation;
             None tests on the whole test split.
+        in_memory: Decode every split once into one uint8 tensor (images of one size, such as CIFAR-10);
+            epochs then read memory instead of decoding files.
+        batched_augmentation: Augment and normalise each training batch at once (`BatchAugment`: the
+            same recipe, one op per batch instead of per image); for images of one size, not with views.
     """
 
     flip: ClassVar[bool] = True
@@ -79,6 +84,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         train_per_class: int | None = None,
         max_per_class: int | None = None,
         test_per_class: int | None = None,
+        in_memory: bool = False,
+        batched_augmentation: bool = False,
     ):
         super().__init__()
         _require(batch_size >= 1, "batch_size", batch_size, ">= 1")
@@ -88,6 +95,9 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         _require(views >= 1, "views", views, ">= 1")
         _require(augment or views == 1, "views", views, "1 with data.augment=false (identical views teach nothing)")
         _require(image_size is None or image_size >= 1, "image_size", image_size, ">= 1 or null")
+        _require(
+            not batched_augmentation or views == 1, "batched_augmentation", batched_augmentation, "false with views > 1"
+        )
         caps = (
             ("train_per_class", train_per_class),
             ("max_per_class", max_per_class),
@@ -113,6 +123,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.image_size = image_size if image_size is not None else self.preprocessing.image_size
         self.train_per_class = train_per_class if train_per_class is not None else max_per_class
         self.test_per_class = test_per_class
+        self.in_memory = in_memory
+        self.batched_augmentation = batched_augmentation
         self.datasets: dict[str, Dataset] = {}
         self._samples: dict[str, ImageDataset] = {}  # split -> samples without transform
         self._fingerprints: dict[str, str] = {}
@@ -181,7 +193,11 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         else:
             val = val.subset(cap_per_class(val.labels.numpy(), self.test_per_class, self.seed))
         self._samples = {"train": pool, "val": val, "test": test}
-        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
+        if self.in_memory:
+            self._samples = {split: TensorImageDataset.decoded(samples) for split, samples in self._samples.items()}
+        # Batched augmentation: the training samples stay uint8; the loader's collate transforms whole batches.
+        train_tf = None if self.batched_augmentation else self.transform(train=True)
+        eval_tf = self.transform(train=False)
         self.datasets = {
             split: samples.with_transform(train_tf if split == "train" else eval_tf)
             for split, samples in self._samples.items()
@@ -193,8 +209,11 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.setup()
         return self._samples[split]
 
-    def _loader(self, dataset: Dataset, shuffle: bool, persistent: bool = True, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, persistent: bool = True, drop_last: bool = False, collate_fn: Any = None
+    ) -> DataLoader:
         options: dict[str, Any] = {
+            "collate_fn": collate_fn,
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "persistent_workers": persistent and self.num_workers > 0,
@@ -213,7 +232,10 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.setup()
         # Contrastive views: a short last batch would have fewer negatives, a different loss scale.
         drop_last = self.views > 1 and len(self._samples["train"]) >= self.batch_size
-        return self._loader(self.datasets["train"], shuffle=True, drop_last=drop_last)
+        collate = None
+        if self.batched_augmentation:
+            collate = BatchAugment(self.preprocessing, self.image_size, augment=self.augment, flip=self.flip)
+        return self._loader(self.datasets["train"], shuffle=True, drop_last=drop_last, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
         if self.input_encoder is not None:

@@ -34,10 +34,13 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = self.load_image(i)
+        seed = getattr(i, "seed", None)  # training indices carry their augmentation seed (SampleIndex)
+        sample = {"pixel_values": image, "labels": self.labels[i], "index": torch.tensor(i, dtype=torch.int64)}
         if self.transform is not None:
-            # Training indices carry their augmentation seed (datamodules.samplers.SampleIndex).
-            image = apply_transform(self.transform, image, getattr(i, "seed", None))
-        return {"pixel_values": image, "labels": self.labels[i], "index": torch.tensor(i, dtype=torch.int64)}
+            sample["pixel_values"] = apply_transform(self.transform, image, seed)
+        elif seed is not None:  # a batched augmentation draws with it (datamodules.batch_augment)
+            sample["seed"] = torch.tensor(seed, dtype=torch.int64)
+        return sample
 
     def with_transform(self, transform: Transform | None) -> ImageDataset:
         view = copy.copy(self)  # shares the underlying samples
@@ -66,6 +69,20 @@ class TensorImageDataset(ImageDataset):
         self.images = images
         self.labels = labels
         self.transform = transform
+
+    @classmethod
+    def decoded(cls, samples: ImageDataset) -> TensorImageDataset:
+        """`samples` decoded once into memory (they must all have one size)."""
+        if isinstance(samples, TensorImageDataset):
+            return samples
+        images = [samples.load_image(i) for i in range(len(samples))]
+        sizes = sorted({tuple(image.shape) for image in images})
+        if len(sizes) > 1:
+            raise ValueError(
+                f"data.in_memory needs images of one size, found {sizes[:3]}{'...' if len(sizes) > 3 else ''}"
+            )
+        stacked = torch.stack(images) if images else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+        return cls(stacked, samples.labels, samples.transform)
 
     def load_image(self, i: int) -> torch.Tensor:
         return self.images[i]
