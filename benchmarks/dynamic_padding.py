@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> list[Comparison]:
     ]
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--glue-root", required=True)
     parser.add_argument("--backbone", default="minilm_l6")
@@ -82,7 +82,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     print(machine())
     print(table(run(args)))
 

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> list[Comparison]:
     ]
 
 
-def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--per-class", type=int, default=50)
@@ -89,9 +90,7 @@ def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = arguments(
-        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ).parse_args()
+    args = parser().parse_args()
     print(machine())
     print(table(run(args)))
 
