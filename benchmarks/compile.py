@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 from collections.abc import Callable
 
 import torch
-from harness import Comparison, machine, measure, table
+from harness import Comparison, machine, measure, seconds_per_call, table
 from torch import nn
 
 from lightning_modules.backbones import create_backbone
@@ -40,21 +39,17 @@ def training_step(compiled: bool) -> Callable[[], None]:
     return step
 
 
-def timed(step: Callable[[], None], calls: int = 1) -> float:
-    started = time.perf_counter()
-    for _ in range(calls):
-        step()
-    return (time.perf_counter() - started) / calls
-
-
 def run(rounds: int = 5, steps: int = 10) -> list[Comparison]:
     eager, compiled = training_step(False), training_step(True)
-    first_eager = timed(eager)
-    first_compiled = timed(compiled)  # compiles forward and backward
+    first_eager = seconds_per_call(eager)
+    first_compiled = seconds_per_call(compiled)  # compiles forward and backward
     for step in (eager, compiled):  # warm both up (recompilations, allocator)
-        timed(step, 3)
+        seconds_per_call(step, 3)
     samples = measure(
-        {"eager": functools.partial(timed, eager, steps), "compiled": functools.partial(timed, compiled, steps)},
+        {
+            "eager": functools.partial(seconds_per_call, eager, steps),
+            "compiled": functools.partial(seconds_per_call, compiled, steps),
+        },
         rounds,
     )
     result = Comparison("ResNet-20 training step, torch.compile", "eager", "compiled", samples, unit_scale=1e3)

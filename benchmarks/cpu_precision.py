@@ -15,24 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
-from harness import Comparison, compare, machine, table
+from harness import Comparison, compare, machine, seconds_per_call, table
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
-
-
-def seconds_per_call(step: Callable[[], None], calls: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step()
-    started = time.perf_counter()
-    for _ in range(calls):
-        step()
-    return (time.perf_counter() - started) / calls
 
 
 def training_step(network: nn.Module, inputs: torch.Tensor, loss_of: Callable, bf16: bool) -> Callable[[], None]:
@@ -91,8 +81,8 @@ def run(rounds: int = 5, calls: int = 5) -> list[Comparison]:
         ("transformer layer training step", transformer_step, "fp32", "bf16 autocast", 1.4),
         ("ResNet-18 inference, 128 px", cnn_inference, "contiguous", "channels_last", 1.1),
     ):
-        a = functools.partial(seconds_per_call, build(False), calls)
-        b = functools.partial(seconds_per_call, build(True), calls)
+        a = functools.partial(seconds_per_call, build(False), calls, 2)
+        b = functools.partial(seconds_per_call, build(True), calls, 2)
         result = compare(name, a_label, a, b_label, b, rounds)
         result.unit_scale, result.unit = 1e3, "ms/step"
         comparisons.append(result.judge(f">= {floor}x", result.median >= floor))

@@ -2,8 +2,9 @@
 
 Same network (same initial weights), same batches in the same order, same SGD optimizer: A is a plain
 `for batch in loader: forward, cross-entropy, backward, step` loop; B is `FineTuning` fitted by a
-Lightning Trainer as the CLI builds it (torchmetrics accuracy, logging every 5 steps to a CSV logger;
-no progress bar, checkpoint or validation, which are not part of a step). Both time the same steps
+Lightning Trainer with what the CLI always adds (torchmetrics accuracy, the non-finite loss check, the
+resume callbacks, logging every 5 steps to a CSV logger; no progress bar, checkpoint or validation,
+which are not part of a step). Both time the same steps
 after a warm-up. Two models: a realistic CNN step (ResNet-20, CIFAR-sized batches of 128) and a micro
 MLP step, where any fixed per-step cost shows. The final losses of A and B must agree to 1e-5.
 
@@ -27,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from callbacks import CheckpointOnSigterm, ExactResume
 from lightning_modules import FineTuning
 
 LOG_EVERY_N_STEPS = 5  # experiments/configs/defaults.yaml
@@ -114,7 +116,7 @@ def framework(work: Workload) -> tuple[float, float]:
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            callbacks=[timer],
+            callbacks=[timer, CheckpointOnSigterm(), ExactResume()],  # always on in the CLI
         )
         trainer.fit(model(work), train_dataloaders=batches(work))
     return timer.ended - timer.started, timer.loss

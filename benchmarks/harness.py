@@ -18,6 +18,16 @@ from dataclasses import dataclass
 import torch
 
 
+def seconds_per_call(step: Callable[[], object], calls: int = 1, warmup: int = 0) -> float:
+    """Mean seconds of `calls` calls of `step`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    started = time.perf_counter()
+    for _ in range(calls):
+        step()
+    return (time.perf_counter() - started) / calls
+
+
 def calibrate(size: int = 512, repeats: int = 20) -> float:
     """Milliseconds of one fp32 `size` x `size` matmul (median of 5 timings of `repeats`)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -105,18 +115,20 @@ def compare(
 
 def machine() -> str:
     """One line: CPU model, its bf16 instructions, threads, versions."""
-    model, flags = platform.processor() or platform.machine(), ""
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            text = cpuinfo.read()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line), model)
-        flags = ", ".join(flag for flag in ("avx512_bf16", "amx_bf16") if flag in text)
+            lines = cpuinfo.read().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), model)
     except OSError:
         pass
     import lightning
 
+    from experiments.trainer import cpu_has_bf16
+
+    bf16 = "bf16 instructions" if cpu_has_bf16() else "no bf16 instructions"
     return (
-        f"{model} ({flags or 'no bf16 instructions'}), {torch.get_num_threads()} threads; "
+        f"{model} ({bf16}), {torch.get_num_threads()} threads; "
         f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}"
     )
 

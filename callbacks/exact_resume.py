@@ -22,7 +22,7 @@ def collect_rng_state() -> dict[str, Any]:
         "python_gauss": gauss_next,
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device: each rank restores its own
     return state
 
 
@@ -34,7 +34,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     python = state["python"]
     random.setstate((python["version"], tuple(python["internal"].tolist()), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class ExactResume(Callback):

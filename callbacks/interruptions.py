@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -28,6 +29,9 @@ class CheckpointOnSigterm(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
+            if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+                exception.code = EXIT_SIGTERM  # testing or predicting: no training state to keep
+                return
             path = self._save_last(trainer)
             rank_zero_info(
                 f"SIGTERM: saved the {trainer.global_step} completed steps to {path}; resume with the same "

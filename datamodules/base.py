@@ -23,7 +23,7 @@ from datamodules.feature_inputs import FeatureInputs
 from datamodules.samplers import (
     EpochSeededRandomSampler,
     ResumableDataLoader,
-    epoch_seeded_generator,
+    loader_generator,
     progress_of,
 )
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
@@ -219,7 +219,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
             "persistent_workers": persistent and self.num_workers > 0,
             "drop_last": drop_last,
             # Worker base seeds come from here, not from the global generator (dropout's stream on resume).
-            "generator": epoch_seeded_generator(self.seed),
+            "generator": loader_generator(self.seed),
         }
         if not shuffle:
             return DataLoader(dataset, **options)

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.datasets import FeatureDataset, collate_batched
-from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, progress_of
+from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, loader_generator, progress_of
 
 # (feature set name, unshuffled un-augmented loader over its rows) -> features [rows, D] in loader order
 InputEncoder = Callable[[str, DataLoader], torch.Tensor]
@@ -69,4 +69,5 @@ class FeatureInputs:
             sampler=EpochSeededRandomSampler(dataset),
             collate_fn=collate_batched,
             progress=progress_of(self),
+            generator=loader_generator(getattr(self, "seed", 0)),
         )

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.collate import LengthGroupedSampler
 from datamodules.composition import DataModuleFactory, build_member, loaders_of, with_collate
+from datamodules.samplers import Resumable, ResumableDataLoader, loader_generator, progress_of
 from datamodules.transforms import Preprocessing
 
 Sampling = Literal["all", "proportional", "uniform", "temperature"]
@@ -77,7 +78,7 @@ def apportion(probabilities: Sequence[float], total: int) -> np.ndarray:
     return counts
 
 
-class TaskSchedule(DistributedSampler):
+class TaskSchedule(Resumable, DistributedSampler):
     """One element per training step: `(task index, row indices of this rank's batch)`.
 
     An epoch holds each task's share of the steps exactly (`apportion`), in an order drawn from
@@ -156,9 +157,12 @@ class TaskSchedule(DistributedSampler):
                 yield batch[self.rank * self.batch_sizes[task] : (self.rank + 1) * self.batch_sizes[task]]
 
     def __iter__(self) -> Iterator[tuple[int, list[int]]]:  # type: ignore[override]
+        skip = self._skip()  # a resumed epoch: its first steps were trained before the interruption
         streams = [self._batches(task) for task in range(len(self.sizes))]
-        for task in self.task_order().tolist():
-            yield task, next(streams[task]).tolist()
+        for step, task in enumerate(self.task_order().tolist()):
+            rows = next(streams[task])  # drawn even when skipped, so that later steps get the same rows
+            if step >= skip:
+                yield task, rows.tolist()
 
 
 class TaskBatches(Dataset):
@@ -348,12 +352,14 @@ class MultiTaskDataModule(L.LightningDataModule):
         )
         dataset = TaskBatches(names, [d.dataset for d in loaders.values()], [d.collate_fn for d in loaders.values()])
         # batch_size=None: each element of the schedule is already one whole batch.
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             sampler=schedule,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=loader_generator(schedule.seed),
+            progress=progress_of(self),
         )
 
     def _eval_loaders(self, kind: str) -> list[DataLoader]:

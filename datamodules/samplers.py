@@ -127,14 +127,15 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         sampler = self.sampler
-        if not isinstance(sampler, Resumable) or self.batch_size is None:
+        if not isinstance(sampler, Resumable):
             return {}
         done, per_epoch = self.progress() if self.progress is not None else (0, float("inf"))
         epoch = sampler.epoch
         if done >= per_epoch:  # saved at the end of an epoch: the next one starts from its beginning
             epoch, done = epoch + 1, 0
         # Positions of the epoch's (padded) order consumed by all ranks together: rank r took every r-th.
-        samples = int(done) * self.batch_size * sampler.num_replicas
+        per_batch = self.batch_size or 1  # batch_size None: each element of the sampler is a whole batch
+        samples = int(done) * per_batch * sampler.num_replicas
         return {"epoch": epoch, "samples": samples, "seed": sampler.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -169,6 +170,8 @@ def progress_of(owner: Any) -> TrainingProgress:
     return progress
 
 
-def epoch_seeded_generator(seed: int) -> torch.Generator:
-    """The generator a DataLoader draws its workers' base seed from: not the global one, which dropout uses."""
+def loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator, seeded with `seed`: each new iterator draws its workers' base seed from
+    it (even with no workers), not from the global generator, whose stream dropout uses and a resumed run
+    restores."""
     return torch.Generator().manual_seed(seed)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from datamodules.cache import cache_root
 from datamodules.collate import LengthGroupedSampler, PadCollator
 from datamodules.feature_inputs import FeatureInputs
-from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, progress_of
+from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, loader_generator, progress_of
 from datamodules.text_files import TextFile, TextRows, read_text_file
 from datamodules.tokenization import TokenizedDataset, cache_key, load_tokenizer, tokenize_cached, tokenizer_identity
 from datamodules.transforms import Preprocessing
@@ -360,6 +360,7 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
             "num_workers": self.num_workers,
             "collate_fn": self._collator(),
             "persistent_workers": self.num_workers > 0,
+            "generator": loader_generator(self.seed),  # not the global generator (dropout's, restored on resume)
         }
         if not train:
             return DataLoader(dataset, **options)

@@ -198,7 +198,10 @@ class TransferCLI(LightningCLI):
             self.config_init[self.subcommand]["ckpt_path"] = None
             return
         newest = max(found, key=lambda path: Path(path).stat().st_mtime)
-        file, checkpoint = read_checkpoint(newest, "ckpt_path")
+        try:
+            file, checkpoint = read_checkpoint(newest, "ckpt_path")
+        except ValueError as error:  # an unreadable last.ckpt: exit 2 naming it, as for an explicit path
+            self._parser(self.subcommand).error(str(error))
         hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         differences = config_differences(self.config[self.subcommand].get("model"), hparams)
         hint = " (to rebuild the model as it was trained instead, give the file as ckpt_path)"

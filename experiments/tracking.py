@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import netrc
 import os
 import secrets
@@ -17,11 +19,22 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
+def wandb_base_url() -> str:
+    """The W&B server: WANDB_BASE_URL, else the `base_url` that `wandb login --host` saved, else W&B's cloud."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    settings = configparser.ConfigParser()
+    folder = Path(os.environ.get("WANDB_CONFIG_DIR", Path.home() / ".config" / "wandb"))
+    with contextlib.suppress(configparser.Error):
+        settings.read(folder / "settings")
+    return settings.get("default", "base_url", fallback="https://api.wandb.ai")
+
+
 def wandb_credentials_found() -> bool:
     """An API key in the environment or in ~/.netrc (where `wandb login` puts it)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    host = urlparse(wandb_base_url()).hostname or "api.wandb.ai"
     try:
         return netrc.netrc().authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
@@ -29,10 +42,10 @@ def wandb_credentials_found() -> bool:
 
 
 def server_unreachable(timeout: float) -> str | None:
-    """Why the W&B server (WANDB_BASE_URL) gives no HTTP answer within `timeout` seconds, or None when it
+    """Why the W&B server (`wandb_base_url`) gives no HTTP answer within `timeout` seconds, or None when it
     answers (any status counts: a refused key is W&B's to report). Goes through the proxies the environment
     names, as W&B does."""
-    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    url = wandb_base_url()
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
     except urllib.error.HTTPError:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.pytorch.utilities import rank_zero_info
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -26,7 +27,8 @@ def auto_precision(accelerator: Any) -> Literal["bf16-mixed", "32-true"]:
     name = str(accelerator)
     gpu = name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
     if gpu:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16-mixed" if native else "32-true"
     return "bf16-mixed" if name in ("cpu", "auto") and cpu_has_bf16() else "32-true"
 
 
@@ -36,6 +38,5 @@ class Trainer(lightning.Trainer):
     def __init__(self, *args: Any, precision: Literal["auto"] | _PRECISION_INPUT | None = None, **kwargs: Any):
         if precision == "auto":
             precision = auto_precision(kwargs.get("accelerator", "auto"))
-            if kwargs.get("logger") is not False:
-                print(f"precision auto: {precision}")
+            rank_zero_info(f"precision auto: {precision}")
         super().__init__(*args, precision=precision, **kwargs)  # type: ignore[arg-type]

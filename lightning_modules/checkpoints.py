@@ -52,6 +52,26 @@ def check_hyperparameters(hparams: dict[str, Any], file: Path, base: type) -> No
             f"ckpt_path: {file} names the class {class_path!r} in its hyper_parameters, which is not one of the "
             f"imported {base.__name__} strategies; it was not imported (a checkpoint must not choose code to run)"
         )
+    for key, nested in _class_paths(hparams):  # e.g. a weighting's class_path, which jsonargparse would import
+        if not imported_subclass(nested, object):
+            raise ValueError(
+                f"ckpt_path: {file} names the class {nested!r} at {key} in its hyper_parameters, which is not an "
+                "imported class; it was not imported (a checkpoint must not choose code to run)"
+            )
+
+
+def _class_paths(value: Any, where: str = "hyper_parameters") -> list[tuple[str, Any]]:
+    """(where, value) of every nested `class_path` entry."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "class_path":
+                found.append((where, item))
+            found += _class_paths(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found += _class_paths(item, f"{where}[{index}]")
+    return found
 
 
 def _plain(value: Any) -> Any:

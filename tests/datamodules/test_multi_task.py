@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from datamodules import GLUEDataModule, MultiTaskDataModule, RelabeledDataModule, SyntheticDataModule
 from datamodules.multi_task import TaskSchedule, apportion, epoch_steps, task_probabilities
+from datamodules.samplers import ResumableDataLoader
 from lightning_modules import backbone_preprocessing
 
 
@@ -120,6 +121,22 @@ def test_a_task_with_lengths_gets_length_grouped_batches_of_the_same_rows():
     assert longest != sorted(longest, reverse=True)  # shuffled after sorting
     assert [r for t, r in grouped if t == 1] == [r for t, r in plain if t == 1]  # other tasks unaffected
     assert [r for _, r in schedule(True)] == [r for _, r in grouped]  # seeded
+
+
+def test_a_resumed_schedule_continues_the_epoch_where_it_stopped():
+    def schedule():
+        return TaskSchedule(
+            [40, 120], [5, 5], [0.25, 0.75], 16, seed=3, lengths=[None, np.arange(120)], chunk_batches=2
+        )
+
+    full = list(schedule())
+    loader = ResumableDataLoader(range(16), sampler=schedule(), batch_size=None, progress=lambda: (6, 16))
+    loader.sampler.set_epoch(0)
+    state = loader.state_dict()
+    resumed = ResumableDataLoader(range(16), sampler=schedule(), batch_size=None)
+    resumed.load_state_dict(state)
+    assert state["samples"] == 6 and list(resumed.sampler) == full[6:]  # the same rows, none repeated
+    assert list(resumed.sampler) == full  # the next epoch (or iteration) starts from its beginning
 
 
 def test_a_member_with_group_by_length_keeps_it_under_drawn_task_sampling():

@@ -73,7 +73,7 @@ def fit_command(
         "-c", str(CONFIGS / "trainer" / "cpu.yaml"),
         "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(run / "runs"),
         "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-        # No monitor: Lightning 2.6 refreshes last.ckpt only when a top-k save happens at the same step.
+        # No monitor: the checkpoints are about resuming, not about the best epoch.
         "--checkpoint.dirpath", str(run / "checkpoints"), "--checkpoint.monitor", "null",
         "--trainer.callbacks+", "reliability_probes.Probe", "--trainer.callbacks.directory", str(run),
         *extra,

@@ -101,3 +101,15 @@ def test_a_failed_wandb_init_falls_back_to_offline(tmp_path):
     assert "W&B could not start online, wandb.init failed" in done.stderr and "401" in done.stderr
     assert offline_run_files(tmp_path)
     assert seconds < 90, f"{seconds:.0f} s"
+
+
+def test_the_server_is_the_environments_or_the_one_wandb_login_saved(tmp_path, monkeypatch):
+    from experiments.tracking import wandb_base_url
+
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    assert wandb_base_url() == "https://api.wandb.ai"
+    (tmp_path / "settings").write_text("[default]\nbase_url = https://wandb.example.org\n")
+    assert wandb_base_url() == "https://wandb.example.org"  # `wandb login --host`
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    assert wandb_base_url() == "http://127.0.0.1:9"
