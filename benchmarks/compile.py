@@ -10,12 +10,11 @@ the compilation takes to pay for itself (never, where compiled steps are not fas
 
 from __future__ import annotations
 
-import argparse
 import functools
 from collections.abc import Callable
 
 import torch
-from harness import Comparison, machine, measure, seconds_per_call, table
+from harness import Comparison, arguments, measure, report, seconds_per_call
 from torch import nn
 
 from lightning_modules.backbones import create_backbone
@@ -62,12 +61,11 @@ def run(rounds: int = 5, steps: int = 10) -> list[Comparison]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     args = parser.parse_args()
-    print(machine())
-    print(table(run(args.rounds, args.steps)))
+    report(run(args.rounds, args.steps))
 
 
 if __name__ == "__main__":

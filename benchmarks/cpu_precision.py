@@ -12,14 +12,13 @@ bf16-mixed where those instructions exist.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 from collections.abc import Callable
 
 import torch
 import torchvision
-from harness import Comparison, compare, machine, seconds_per_call, table
+from harness import Comparison, arguments, compare, report, seconds_per_call
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
@@ -90,12 +89,11 @@ def run(rounds: int = 5, calls: int = 5) -> list[Comparison]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=5, help="timed steps per measurement")
     args = parser.parse_args()
-    print(machine())
-    print(table(run(args.rounds, args.calls)))
+    report(run(args.rounds, args.calls))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import Comparison, machine, measure, table
+from harness import Comparison, arguments, measure, report
 from timing import timed_fit
 
 from datamodules import CIFAR10DataModule
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> list[Comparison]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--student", default="cifar_resnet20")
     parser.add_argument("--teacher", default="cifar_resnet56")
@@ -114,8 +114,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    print(machine())
-    print(table(run(args)))
+    report(run(args))
 
 
 if __name__ == "__main__":

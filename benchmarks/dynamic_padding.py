@@ -14,7 +14,7 @@ import statistics
 from functools import partial
 
 import torch
-from harness import Comparison, machine, measure, table
+from harness import Comparison, arguments, measure, report
 from lightning import Trainer, seed_everything
 from timing import timed_fit
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> list[Comparison]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--glue-root", required=True)
     parser.add_argument("--backbone", default="minilm_l6")
     parser.add_argument("--train-rows", type=int, default=500)
@@ -87,8 +87,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    print(machine())
-    print(table(run(args)))
+    report(run(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import functools
 
 import torch
-from harness import Comparison, machine, measure, table
+from harness import Comparison, arguments, measure, report
 from lightning import seed_everything
 from timing import timed_fit
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> list[Comparison]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--per-class", type=int, default=50)
@@ -91,8 +91,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    print(machine())
-    print(table(run(args)))
+    report(run(args))
 
 
 if __name__ == "__main__":

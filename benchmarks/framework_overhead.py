@@ -13,7 +13,6 @@ MLP step, where any fixed per-step cost shows. The final losses of A and B must 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from harness import Comparison, compare, machine, table
+from harness import Comparison, arguments, compare, report
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -148,11 +147,10 @@ def timed_steps(way: Callable[[Workload], tuple[float, float]], work: Workload, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    print(machine())
-    print(table(run(args.rounds)))
+    report(run(args.rounds))
 
 
 if __name__ == "__main__":

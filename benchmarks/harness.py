@@ -9,6 +9,7 @@ column says how much the machine's own speed changed meanwhile.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -150,3 +151,14 @@ def table(comparisons: Sequence[Comparison]) -> str:
         )
     notes = [f"- {c.name}: {c.note}" for c in comparisons if c.note]
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line, its module docstring as the help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def report(comparisons: Sequence[Comparison]) -> None:
+    """What a benchmark run alone prints: the machine, then its table."""
+    print(machine())
+    print(table(comparisons))

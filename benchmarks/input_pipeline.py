@@ -18,7 +18,7 @@ import functools
 import time
 
 import torch
-from harness import Comparison, machine, measure, table
+from harness import Comparison, arguments, measure, report
 from PIL import Image
 from torch import nn
 from torchvision import transforms
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> list[Comparison]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--workers", type=int, default=0)
@@ -142,8 +142,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    print(machine())
-    print(table(run(args)))
+    report(run(args))
 
 
 if __name__ == "__main__":
