@@ -130,46 +130,55 @@ def fmt_p(p: float | None) -> str:
     return "-" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
+COLUMNS = [
+    "arm",
+    "metric",
+    "n",
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "baseline",
+    "n_pairs",
+    "diff_vs_baseline",
+    "p_paired_t",
+    "p_sign_flip",
+    "seeds",
+    "values",
+]
+
+
+def table_rows(result: Aggregate) -> list[list[object]]:
+    """One row per arm and metric, in `COLUMNS` order (results.csv, the W&B table)."""
+    rows: list[list[object]] = []
+    for row in result.rows:
+        s, t = row.summary, row.test
+        rows.append(
+            [
+                row.arm,
+                row.metric,
+                s.n,
+                s.mean,
+                s.std,
+                s.ci_low,
+                s.ci_high,
+                row.baseline,
+                t and t.n,
+                t and t.diff,
+                t and t.p_ttest,
+                t and t.p_sign_flip,
+                " ".join(map(str, row.values)),
+                " ".join(map(str, row.values.values())),
+            ]
+        )
+    return rows
+
+
 def write_csv(result: Aggregate, path: Path) -> None:
-    columns = [
-        "arm",
-        "metric",
-        "n",
-        "mean",
-        "std",
-        "ci95_low",
-        "ci95_high",
-        "baseline",
-        "n_pairs",
-        "diff_vs_baseline",
-        "p_paired_t",
-        "p_sign_flip",
-        "seeds",
-        "values",
-    ]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in result.rows:
-            s, t = row.summary, row.test
-            writer.writerow(
-                [
-                    row.arm,
-                    row.metric,
-                    s.n,
-                    s.mean,
-                    s.std,
-                    s.ci_low,
-                    s.ci_high,
-                    row.baseline,
-                    t and t.n,
-                    t and t.diff,
-                    t and t.p_ttest,
-                    t and t.p_sign_flip,
-                    " ".join(map(str, row.values)),
-                    " ".join(map(str, row.values.values())),
-                ]
-            )
+        writer.writerow(COLUMNS)
+        writer.writerows(table_rows(result))
 
 
 def write_json(result: Aggregate, path: Path, command: str, plots: Mapping[str, str]) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from experiments.ablation import report
 from experiments.ablation.report import Aggregate
 from experiments.tracking import wandb_offline_by_default
 
+# The columns of results.csv a person compares in W&B (the per-seed values stay in the CSV).
 COLUMNS: list[str | int] = [
     "arm",
     "metric",
@@ -23,13 +25,8 @@ COLUMNS: list[str | int] = [
 
 
 def table_rows(result: Aggregate) -> list[list[object]]:
-    rows = []
-    for r in result.rows:
-        s, t = r.summary, r.test
-        rows.append(
-            [r.arm, r.metric, s.n, s.mean, s.std, s.ci_low, s.ci_high, r.baseline, t and t.diff, t and t.p_ttest]
-        )
-    return rows
+    picks = [report.COLUMNS.index(str(column)) for column in COLUMNS]
+    return [[row[i] for i in picks] for row in report.table_rows(result)]
 
 
 def log_summary_table(result: Aggregate, project: str, directory: Path, entity: str | None = None) -> str:
