@@ -27,31 +27,55 @@ METRICS: dict[str, tuple[Callable[[int], Metric], str]] = {
 
 class TaskMetrics(nn.Module):
     """The metrics of one evaluation set. `compute()` adds `score`, the mean of the official ones;
-    `extras` (such as top-5 accuracy) are reported but not part of the score."""
+    `extras` (such as top-5 accuracy) are reported but not part of the score.
 
-    def __init__(self, names: list[str], num_classes: int, extras: list[str] | None = None):
+    `update` holds up to `batches_per_update` batches and feeds them to torchmetrics at once: each
+    torchmetrics update costs about 0.2 ms of Python, which a small model's training step feels. Every
+    metric here is a sum over samples, so the values are the same as batch by batch."""
+
+    def __init__(
+        self, names: list[str], num_classes: int, extras: list[str] | None = None, batches_per_update: int = 16
+    ):
         super().__init__()
         unknown = sorted(set(names + (extras or [])) - set(METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {sorted(METRICS)}")
         self.official = list(names)
         self.metrics = nn.ModuleDict({n: METRICS[n][0](num_classes) for n in [*names, *(extras or [])]})
+        self.batches_per_update = batches_per_update
+        self._pending: list[tuple[Tensor, Tensor]] = []
+
+    @property
+    def updated(self) -> bool:
+        """Whether any batch was fed since the last reset."""
+        return bool(self._pending) or any(metric.update_called for _, metric in self._metrics())
 
     def update(self, outputs: Tensor, labels: Tensor) -> None:
+        self._pending.append((outputs.detach(), labels))
+        if len(self._pending) >= self.batches_per_update:
+            self._feed()
+
+    def _feed(self) -> None:
+        if not self._pending:
+            return
+        outputs, labels = (torch.cat(parts) for parts in zip(*self._pending, strict=True))
+        self._pending.clear()
         inputs = {
             "logits": lambda: outputs,
             "positive": lambda: outputs.softmax(-1)[:, 1],
             "scores": lambda: outputs.squeeze(-1).float(),
         }
         for name, metric in self._metrics():
-            metric.update(inputs[METRICS[name][1]]().detach(), labels)
+            metric.update(inputs[METRICS[name][1]](), labels)
 
     def compute(self) -> dict[str, Tensor]:
+        self._feed()
         values = {name: metric.compute() for name, metric in self._metrics()}
         values["score"] = torch.stack([values[n].float() for n in self.official]).mean()
         return values
 
     def reset(self) -> None:
+        self._pending.clear()
         for _, metric in self._metrics():
             metric.reset()
 

@@ -149,9 +149,12 @@ class MultiTask(TransferModule):
 
     # ------------------------------------------------------------------------------------- steps
 
-    def _record(self, batch: MultiBatch, out: dict[str, Tensor], stage: str, dataloader_idx: int = 0) -> None:
+    def _record(
+        self, batch: MultiBatch, out: dict[str, Tensor], stage: str, dataloader_idx: int = 0, batch_idx: int = 0
+    ) -> None:
         """Log the losses (and weights) and update each task's metrics."""
         train = stage == "train"
+        log_step = train and self.logs_step_values(batch_idx)
         for task, part in batch.items():
             index, suffix = 0, ""
             if not train:
@@ -163,7 +166,7 @@ class MultiTask(TransferModule):
             size = len(part["labels"])
             for metric in ("loss", "weight"):
                 value = out.get(f"{task}/{metric}")
-                if value is None:
+                if value is None or (train and not log_step):
                     continue
                 self.log(
                     f"{stage}/{task}/{metric}{suffix}",
@@ -177,14 +180,14 @@ class MultiTask(TransferModule):
             getattr(self, f"{stage}_task_metrics")[task][index].update(out[f"{task}/logits"], part["labels"])
             if not train:
                 getattr(self, f"{stage}_loss_mean").update(out[f"{task}/loss"].detach().float(), weight=size)
-        if train:
+        if log_step:
             size = sum(len(part["labels"]) for part in batch.values())
             self.log("train/loss", out["loss"], on_step=True, on_epoch=False, batch_size=size, prog_bar=True)
 
     def training_step(self, batch: MultiBatch, batch_idx: int) -> Tensor | None:  # type: ignore[override]
         out = self.compute_loss(batch, "train")
         check_finite_losses(out, self.global_step, self.current_epoch, batch_idx)
-        self._record(batch, out, "train")
+        self._record(batch, out, "train", batch_idx=batch_idx)
         if self.automatic_optimization:
             return out["loss"]
         self._gradient_step({task: out[f"{task}/loss"] for task in batch}, out["loss"])
@@ -212,7 +215,7 @@ class MultiTask(TransferModule):
             names = [""] if stage == "train" else [n for t, n in self.val_sets if t == task]
             task_scores = []
             for name, metrics in zip(names, per_set, strict=True):
-                if not any(m.update_called for m in metrics.metrics.values()):
+                if not metrics.updated:
                     continue
                 suffix = f"_{name}" if name else ""
                 values = metrics.compute()

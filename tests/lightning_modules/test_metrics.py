@@ -73,3 +73,54 @@ def test_regression_head_trains_with_mse():
     assert out["logits"].shape == (4, 1)
     assert out["loss"].item() == pytest.approx(((out["logits"].squeeze(-1) - batch["labels"]) ** 2).mean().item())
     assert model.predict_step(batch, 0).shape == (4,)
+
+
+@pytest.mark.parametrize(
+    ("names", "num_classes"), [(["acc", "acc_top5", "mcc"], 7), (["acc", "f1"], 2), (["pearson", "spearman"], 1)]
+)
+def test_metrics_fed_in_groups_of_batches_equal_the_batch_by_batch_values(names, num_classes):
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(5, num_classes, generator=generator), torch.randint(num_classes, (5,))) for _ in range(7)]
+    if num_classes == 1:
+        batches = [(outputs, torch.randn(5, generator=generator)) for outputs, _ in batches]
+    one_by_one, grouped = TaskMetrics(names, num_classes, batches_per_update=1), TaskMetrics(names, num_classes)
+    assert not grouped.updated
+    for outputs, labels in batches:
+        one_by_one.update(outputs, labels)
+        grouped.update(outputs, labels)
+    assert grouped.updated and not any(m.update_called for m in grouped.metrics.values())  # still held back
+    expected, values = one_by_one.compute(), grouped.compute()
+    assert values.keys() == expected.keys()
+    for name in expected:
+        assert values[name] == pytest.approx(expected[name].item(), abs=1e-6), name
+    grouped.reset()
+    assert not grouped.updated
+
+
+class StepLosses(FineTuning):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.step_losses.append(loss.item())
+        return loss
+
+
+def test_per_step_values_are_logged_at_the_steps_the_logger_writes_and_at_the_last_step(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = StepLosses(backbone="tiny_cnn", pretrained=False, num_classes=4)
+    model.step_losses = []
+    data = SyntheticDataModule(num_classes=4, preprocessing=backbone_preprocessing("tiny_cnn"))
+    logger = CSVLogger(tmp_path, name="", version="")
+    trainer = quiet_trainer(logger=logger, log_every_n_steps=3, max_steps=10, max_epochs=10, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = {
+        int(row[header.index("step")]): float(row[header.index("train/loss")])
+        for row in (line.split(",") for line in rows[1:])
+        if row[header.index("train/loss")]
+    }
+    assert sorted(logged) == [2, 5, 8]  # Lightning writes every log_every_n_steps-th step
+    for step, value in logged.items():
+        assert value == pytest.approx(model.step_losses[step], abs=1e-6)
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(model.step_losses[-1], abs=1e-6)
