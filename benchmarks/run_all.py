@@ -85,8 +85,9 @@ def main() -> None:
             lines.append(f"- {name}: skipped, {missing[0]} not found")
             continue
         print(f"== {name}", flush=True)
-        comparisons += run()
-        print(table(comparisons[-3:]), flush=True)
+        measured = run()
+        comparisons += measured
+        print(table(measured), flush=True)
     command = shlex.join(["python", "benchmarks/run_all.py", *sys.argv[1:]])
     minutes = (time.perf_counter() - started) / 60
     args.out.write_text(

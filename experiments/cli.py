@@ -31,7 +31,7 @@ from experiments.config_files import yaml_file_error
 from experiments.trainer import Trainer as TransferTrainer
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
-from lightning_modules.checkpoints import check_hyperparameters, config_differences, read_checkpoint
+from lightning_modules.checkpoints import LINKED_FROM_DATA, check_hyperparameters, config_differences, read_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"
@@ -108,11 +108,11 @@ class TransferCLI(LightningCLI):
             compute_fn=preprocessing_of,
             apply_on="parse",
         )
-        for attribute in ("num_classes", "metrics", "val_names"):  # what the data says about its task
-            parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
-        # Multi-task data says it per task. A link whose source attribute or target argument is missing (other
-        # datamodules, other strategies) is skipped by jsonargparse, so each pair gets only the links it has.
-        parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
+        # What the data says about its task (multi-task data: per task). A link whose source attribute or target
+        # argument is missing (other datamodules, other strategies) is skipped by jsonargparse, so each pair
+        # gets only the links it has.
+        for argument, attribute in LINKED_FROM_DATA.items():
+            parser.link_arguments(f"data.{attribute}", f"model.init_args.{argument}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if args is None or isinstance(args, list):

@@ -23,8 +23,9 @@ def read_checkpoint(path: str, key: str) -> tuple[Path, Any]:
 
 # What LightningCLI's checkpoints may name as their instantiator: Lightning's own, nothing else.
 TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
-# Model arguments set from the data at instantiate time: their parsed values are placeholders, not choices.
-LINKED_FROM_DATA = ("num_classes", "metrics", "val_names", "tasks")
+# Model arguments the CLI sets from the data at instantiate time (argument -> the datamodule attribute it
+# comes from): their parsed values are placeholders, not choices.
+LINKED_FROM_DATA = {"num_classes": "num_classes", "metrics": "metrics", "val_names": "val_names", "tasks": "task_specs"}
 
 
 def imported_subclass(class_path: object, base: type) -> bool:
