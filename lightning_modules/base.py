@@ -83,6 +83,7 @@ class TransferModule(LightningModule):
         self.train_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras)])
         self.val_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras) for _ in self.val_names])
         self.test_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras) for _ in self.val_names])
+        self._step_values: dict[str, tuple[Tensor, int, bool]] = {}  # this training step's, to be logged
 
     # ------------------------------------------------------------------------------------ forward
 
@@ -133,34 +134,45 @@ class TransferModule(LightningModule):
 
     def _step(self, batch: Batch, stage: str, dataloader_idx: int = 0, batch_idx: int = 0) -> Tensor:
         out = self.compute_loss(batch, stage)
-        on_step = stage == "train"
-        if on_step:  # stop before a NaN/inf reaches the weights, naming the step and the term
+        size = len(batch["labels"])
+        if stage == "train":  # stop before a NaN/inf reaches the weights, naming the step and the term
             check_finite_losses(out, self.global_step, self.current_epoch, batch_idx)
         suffix = self._suffix(stage, dataloader_idx)
         for name, value in out.items():
-            if name != "logits" and (not on_step or self.logs_step_values(batch_idx)):
+            if name == "logits":
+                continue
+            if stage == "train":
+                self.log_step_value(f"train/{name}", value, size, prog_bar=name == "loss")
+            else:
                 self.log(
                     f"{stage}/{name}{suffix}",
                     value,
-                    on_step=on_step,
-                    on_epoch=not on_step,
-                    batch_size=len(batch["labels"]),
+                    batch_size=size,
                     prog_bar=name == "loss",
-                    sync_dist=not on_step,
+                    sync_dist=True,
                     add_dataloader_idx=False,
                 )
         getattr(self, f"{stage}_metrics")[dataloader_idx].update(out["logits"], batch["labels"])
         return out["loss"]
 
-    def logs_step_values(self, batch_idx: int) -> bool:
-        """Whether this training step logs its per-step values: at the steps the loggers write (every
-        `trainer.log_every_n_steps`, Lightning's rule) and at the last step of an epoch or of the run, so
-        that callbacks reading `trainer.callback_metrics` see the latest step. A value logged at another
-        step is never written, yet costs about 0.2 ms of Python, which a small model's step feels."""
-        trainer = self._trainer
-        if trainer is None or trainer._logger_connector.should_update_logs:
-            return True
-        return batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= self.global_step + 1
+    def log_step_value(self, name: str, value: Tensor, batch_size: int, prog_bar: bool = False) -> None:
+        """A per-step training value (`train/loss`, `train/kd_loss`, ...), logged at the end of the step
+        where the loggers write it (see `on_train_batch_end`)."""
+        self._step_values[name] = (value.detach(), batch_size, prog_bar)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log this step's values where Lightning writes them (every `trainer.log_every_n_steps` steps, and
+        at a step where a callback stops the run) and at the last step of an epoch or of the run, so that
+        callbacks reading `trainer.callback_metrics` see the latest step; the progress bar's loss refreshes
+        there too. A value logged at every step would cost about 0.2 ms of Python each time, which a small
+        model's step feels. Decided here, after the callbacks' hooks, so that a stop at this step counts."""
+        values, self._step_values = self._step_values, {}
+        trainer = self.trainer
+        epoch_ends = trainer.fit_loop.epoch_loop._num_ready_batches_reached()
+        run_ends = 0 < trainer.max_steps <= self.global_step
+        if trainer._logger_connector.should_update_logs or epoch_ends or run_ends:
+            for name, (value, size, prog_bar) in values.items():
+                self.log(name, value, on_step=True, on_epoch=False, batch_size=size, prog_bar=prog_bar)
 
     def _log_metrics(self, stage: str) -> None:
         """Compute (synchronised across ranks by torchmetrics), log and reset each set's metrics;

@@ -149,12 +149,9 @@ class MultiTask(TransferModule):
 
     # ------------------------------------------------------------------------------------- steps
 
-    def _record(
-        self, batch: MultiBatch, out: dict[str, Tensor], stage: str, dataloader_idx: int = 0, batch_idx: int = 0
-    ) -> None:
+    def _record(self, batch: MultiBatch, out: dict[str, Tensor], stage: str, dataloader_idx: int = 0) -> None:
         """Log the losses (and weights) and update each task's metrics."""
         train = stage == "train"
-        log_step = train and self.logs_step_values(batch_idx)
         for task, part in batch.items():
             index, suffix = 0, ""
             if not train:
@@ -166,28 +163,29 @@ class MultiTask(TransferModule):
             size = len(part["labels"])
             for metric in ("loss", "weight"):
                 value = out.get(f"{task}/{metric}")
-                if value is None or (train and not log_step):
+                if value is None:
                     continue
-                self.log(
-                    f"{stage}/{task}/{metric}{suffix}",
-                    value,
-                    on_step=train,
-                    on_epoch=not train,
-                    batch_size=size,
-                    sync_dist=not train,
-                    add_dataloader_idx=False,
-                )
+                if train:
+                    self.log_step_value(f"train/{task}/{metric}", value, size)
+                else:
+                    self.log(
+                        f"{stage}/{task}/{metric}{suffix}",
+                        value,
+                        batch_size=size,
+                        sync_dist=True,
+                        add_dataloader_idx=False,
+                    )
             getattr(self, f"{stage}_task_metrics")[task][index].update(out[f"{task}/logits"], part["labels"])
             if not train:
                 getattr(self, f"{stage}_loss_mean").update(out[f"{task}/loss"].detach().float(), weight=size)
-        if log_step:
+        if train:
             size = sum(len(part["labels"]) for part in batch.values())
-            self.log("train/loss", out["loss"], on_step=True, on_epoch=False, batch_size=size, prog_bar=True)
+            self.log_step_value("train/loss", out["loss"], size, prog_bar=True)
 
     def training_step(self, batch: MultiBatch, batch_idx: int) -> Tensor | None:  # type: ignore[override]
         out = self.compute_loss(batch, "train")
         check_finite_losses(out, self.global_step, self.current_epoch, batch_idx)
-        self._record(batch, out, "train", batch_idx=batch_idx)
+        self._record(batch, out, "train")
         if self.automatic_optimization:
             return out["loss"]
         self._gradient_step({task: out[f"{task}/loss"] for task in batch}, out["loss"])

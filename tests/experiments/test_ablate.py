@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -287,7 +288,16 @@ def test_one_failing_run_does_not_stop_the_others_and_is_reported(fake, monkeypa
     assert len(calls(out)[folder(out, "fast", 0).name]) == 3
 
 
-def test_ctrl_c_stops_the_study_and_rerunning_continues_where_it_stopped(fake, monkeypatch, capsys):
+@pytest.fixture
+def terminal_sigint():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal (a pytest started in the background with `&`
+    inherits SIGINT ignored, and the runner would never see the interruption)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_the_study_and_rerunning_continues_where_it_stopped(fake, monkeypatch, capsys, terminal_sigint):
     _, _, out = fake
     assert run_fake(fake, plan={"0.01:0": ["interrupt"]}, monkeypatch=monkeypatch) == 130
     assert "interrupted" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 import pytest
 import torch
-from lightning import LightningDataModule
+from lightning import Callback, LightningDataModule
+from lightning.pytorch.loggers import CSVLogger
 from support import quiet_trainer
 from torch.utils.data import DataLoader
 
@@ -80,21 +81,33 @@ def test_regression_head_trains_with_mse():
 )
 def test_metrics_fed_in_groups_of_batches_equal_the_batch_by_batch_values(names, num_classes):
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(5, num_classes, generator=generator), torch.randint(num_classes, (5,))) for _ in range(7)]
-    if num_classes == 1:
-        batches = [(outputs, torch.randn(5, generator=generator)) for outputs, _ in batches]
-    one_by_one, grouped = TaskMetrics(names, num_classes, batches_per_update=1), TaskMetrics(names, num_classes)
+
+    def labels():
+        return (
+            torch.randn(5, generator=generator)
+            if num_classes == 1
+            else torch.randint(num_classes, (5,), generator=generator)
+        )
+
+    batches = [(torch.randn(5, num_classes, generator=generator), labels()) for _ in range(7)]
+    one_by_one = TaskMetrics(names, num_classes, batches_per_update=1)
+    grouped = TaskMetrics(names, num_classes, batches_per_update=3, max_held=100)
     assert not grouped.updated
-    for outputs, labels in batches:
+    for i, (outputs, labels) in enumerate(batches):
         one_by_one.update(outputs, labels)
         grouped.update(outputs, labels)
-    assert grouped.updated and not any(m.update_called for m in grouped.metrics.values())  # still held back
+        if i == 1:  # two batches held back, none fed yet
+            assert grouped.updated and not any(m.update_called for m in grouped.metrics.values())
+    assert len(grouped._pending) == 1  # 7 batches: fed 3 + 3, one held (fewer values than max_held)
     expected, values = one_by_one.compute(), grouped.compute()
     assert values.keys() == expected.keys()
     for name in expected:
         assert values[name] == pytest.approx(expected[name].item(), abs=1e-6), name
     grouped.reset()
     assert not grouped.updated
+    large = TaskMetrics(["acc"], 10, max_held=20)
+    large.update(torch.randn(4, 10), torch.arange(4))  # 40 values: fed at once
+    assert large.metrics["acc"].update_called and not large._pending
 
 
 class StepLosses(FineTuning):
@@ -104,14 +117,30 @@ class StepLosses(FineTuning):
         return loss
 
 
-def test_per_step_values_are_logged_at_the_steps_the_logger_writes_and_at_the_last_step(tmp_path):
-    from lightning.pytorch.loggers import CSVLogger
+class StopAfterStep(Callback):
+    """Stops the run at the end of a step, as Lightning's `Timer` (`trainer.max_time`) does."""
 
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step + 1:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize(("stop", "written"), [(None, [2, 5, 8]), (6, [2, 5, 6])])
+def test_per_step_values_are_logged_at_the_steps_the_logger_writes_and_at_the_last_step(tmp_path, stop, written):
     model = StepLosses(backbone="tiny_cnn", pretrained=False, num_classes=4)
     model.step_losses = []
     data = SyntheticDataModule(num_classes=4, preprocessing=backbone_preprocessing("tiny_cnn"))
-    logger = CSVLogger(tmp_path, name="", version="")
-    trainer = quiet_trainer(logger=logger, log_every_n_steps=3, max_steps=10, max_epochs=10, limit_val_batches=0)
+    trainer = quiet_trainer(
+        *([StopAfterStep(stop)] if stop is not None else []),
+        logger=CSVLogger(tmp_path, name="", version=""),
+        log_every_n_steps=3,
+        max_steps=10,
+        max_epochs=10,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=data)
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -120,7 +149,7 @@ def test_per_step_values_are_logged_at_the_steps_the_logger_writes_and_at_the_la
         for row in (line.split(",") for line in rows[1:])
         if row[header.index("train/loss")]
     }
-    assert sorted(logged) == [2, 5, 8]  # Lightning writes every log_every_n_steps-th step
+    assert sorted(logged) == written  # every log_every_n_steps-th step, and a step where a callback stops the run
     for step, value in logged.items():
-        assert value == pytest.approx(model.step_losses[step], abs=1e-6)
+        assert value == pytest.approx(model.step_losses[step], abs=1e-6)  # that step's own value
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(model.step_losses[-1], abs=1e-6)
