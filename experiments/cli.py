@@ -28,6 +28,7 @@ from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpo
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 from experiments.config_files import yaml_file_error
+from experiments.tracking import WandbLogger, WandbRunId, wandb_run_id
 from experiments.trainer import Trainer as TransferTrainer
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
@@ -71,6 +72,7 @@ class TransferCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
         defaults = {"default_config_files": [str(DEFAULTS)]}
         self._with_subcommands = run
+        self._wandb_run_id: str | None = None  # of the checkpoint a run resumes from
         super().__init__(
             TransferModule,
             LightningDataModule,  # vision datamodules share TransferDataModule, text ones TextDataModule
@@ -142,6 +144,7 @@ class TransferCLI(LightningCLI):
             check_hyperparameters(hparams, file, TransferModule)
         except ValueError as error:
             parser.error(str(error))
+        self._wandb_run_id = wandb_run_id(checkpoint)
         hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
         config = self.config[subcommand]
         report_differences(f"ckpt_path {file}", "the checkpoint's", config_differences(config.get("model"), hparams))
@@ -169,16 +172,32 @@ class TransferCLI(LightningCLI):
         # What makes an interrupted run resumable is always on, whatever list of callbacks a config sets.
         extra += [CheckpointOnSigterm(), ExactResume()]
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        loggers = trainer.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        extra += [WandbRunId(logger) for logger in loggers if isinstance(logger, WandbLogger)]
         plugins = trainer.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             trainer["plugins"] = [*plugins, AtomicCheckpointIO()]  # checkpoints complete or absent, never partial
         return self._instantiate_trainer(trainer, extra)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        failed = True
+        try:
+            super()._run_subcommand(subcommand)
+            failed = False
+        finally:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.finish(failed)
+
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()
         if self.config_init[self.subcommand].get("ckpt_path") == "last":
             self._resolve_last()
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and self._wandb_run_id:  # a resumed run continues its W&B run
+                logger.continue_run(self._wandb_run_id)
 
     def _resolve_last(self) -> None:
         """`--ckpt_path last`: resume this run folder's newest last checkpoint, or say that training starts
@@ -202,6 +221,7 @@ class TransferCLI(LightningCLI):
             file, checkpoint = read_checkpoint(newest, "ckpt_path")
         except ValueError as error:  # an unreadable last.ckpt: exit 2 naming it, as for an explicit path
             self._parser(self.subcommand).error(str(error))
+        self._wandb_run_id = wandb_run_id(checkpoint)
         hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         differences = config_differences(self.config[self.subcommand].get("model"), hparams)
         hint = " (to rebuild the model as it was trained instead, give the file as ckpt_path)"

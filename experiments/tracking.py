@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -145,6 +146,27 @@ class WandbLogger(LightningWandbLogger):
             self._go_offline(f"wandb.init failed: {error}")
             return LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
 
+    def finish(self, failed: bool = False) -> None:
+        """End the W&B run, as W&B would at process exit, so that another run in this process (a notebook,
+        in-process tests) starts a W&B run of its own instead of logging into this one."""
+        if self._experiment is not None and hasattr(self._experiment, "finish"):
+            self._experiment.finish(exit_code=1 if failed else 0)
+
+    def continue_run(self, run_id: str) -> None:
+        """Log into the W&B run `run_id` (the run a resumed training continues) instead of a new one. Online
+        only: W&B cannot resume an offline run (two offline folders of one id overwrite each other when
+        synced), so offline the continuation keeps its own id, and says so."""
+        if self._experiment is not None or run_id == self._id:
+            return
+        if self._offline:
+            rank_zero_info(
+                f"W&B: this run continues run {run_id}, which W&B cannot resume offline; it logs as run {self._id}."
+            )
+            return
+        self._wandb_init.update(id=run_id, resume="allow")
+        self._id = run_id
+        rank_zero_info(f"W&B: continuing run {run_id}")
+
     def _go_offline(self, why: str) -> None:
         # A fresh run id: W&B keeps the id of a failed online start reserved in this process.
         self._offline, self._experiment = True, None
@@ -155,3 +177,22 @@ class WandbLogger(LightningWandbLogger):
             f"W&B could not start online, {why}; logging offline to {self._run_dir}/wandb instead. Sync it later "
             f"with `wandb sync {self._run_dir}/wandb/offline-run-*`."
         )
+
+
+class WandbRunId(Callback):
+    """Keeps the W&B run id in every checkpoint, so that a run resumed from one continues that W&B run
+    (`wandb_run_id`, `WandbLogger.continue_run`) instead of appearing twice."""
+
+    def __init__(self, logger: WandbLogger):
+        self.logger = logger
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"id": str(self.logger.version)}
+
+
+def wandb_run_id(checkpoint: object) -> str | None:
+    """The W&B run id a checkpoint was written under (by `WandbRunId`), if any."""
+    callbacks = checkpoint.get("callbacks") if isinstance(checkpoint, dict) else None
+    state = callbacks.get(WandbRunId.__qualname__) if isinstance(callbacks, dict) else None
+    run_id = state.get("id") if isinstance(state, dict) else None
+    return run_id if isinstance(run_id, str) and run_id else None
