@@ -97,7 +97,7 @@ def _curves(
     study: Study, plans: Sequence[ArmPlan], outcomes: Mapping[str, Outcome]
 ) -> dict[str, dict[str, list[Curve]]]:
     histories = {
-        plan.arm: [
+        plan.arm.name: [
             read_history(spec.directory) for spec in plan.runs if outcomes.get(spec.digest, Outcome("not run")).finished
         ]
         for plan in plans
@@ -106,9 +106,10 @@ def _curves(
     curves: dict[str, dict[str, list[Curve]]] = {}
     for metric in wanted:
         per_arm = {}
-        for arm, runs in histories.items():
-            key = arm.metric_key(metric)
-            per_arm[arm.name] = [[(row["epoch"], row[key]) for row in rows if key in row] for rows in runs]
+        for plan in plans:
+            key = plan.arm.metric_key(metric)
+            runs = histories[plan.arm.name]
+            per_arm[plan.arm.name] = [[(row["epoch"], row[key]) for row in rows if key in row] for rows in runs]
         if any(curve for runs in per_arm.values() for curve in runs):
             curves[metric] = per_arm
     return curves

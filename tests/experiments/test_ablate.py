@@ -414,7 +414,8 @@ def test_a_value_that_covers_an_axis_runs_once_for_all_its_values_and_reports_ea
             seeds=[0, 1],
             axes={
                 "task": {"a": {}, "b": {"data.init_args.num_samples": 32}},
-                "strategy": {"ft": {}, "mt": {"covers": "task", "model.init_args.head_lr": 0.1}},
+                # a mapping as a value (the tasks of a multi-task datamodule), as in glue_small_tasks
+                "strategy": {"ft": {}, "mt": {"covers": "task", "model.init_args.optimizer": {"lr": 0.1}}},
             },
             baseline="ft",
             curves=["val/acc"],
