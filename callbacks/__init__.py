@@ -2,6 +2,7 @@
 
 from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
 from callbacks.exact_resume import ExactResume
+from callbacks.fit_seconds import FitSeconds
 from callbacks.gradual_unfreezing import GradualUnfreezing
 from callbacks.interruptions import CheckpointOnSigterm
 from callbacks.model_checkpoint import ModelCheckpoint
@@ -13,6 +14,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointOnSigterm",
     "ExactResume",
+    "FitSeconds",
     "GradualUnfreezing",
     "ModelCheckpoint",
     "PredictionWriter",

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume, Speed
+from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume, FitSeconds, Speed
 from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
@@ -170,7 +169,8 @@ class TransferCLI(LightningCLI):
         keys = self._parser(self.subcommand).callback_keys
         extra = [cb for cb in (self._get(self.config_init, k) for k in keys) if cb is not None]
         # What makes an interrupted run resumable is always on, whatever list of callbacks a config sets.
-        extra += [CheckpointOnSigterm(), ExactResume()]
+        self._fit_seconds = FitSeconds()
+        extra += [CheckpointOnSigterm(), ExactResume(), self._fit_seconds]
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         loggers = trainer.get("logger")
         loggers = loggers if isinstance(loggers, list) else [loggers]
@@ -192,7 +192,7 @@ class TransferCLI(LightningCLI):
                     logger.finish(failed)
 
     def before_fit(self) -> None:
-        self._fit_started = time.perf_counter()
+        self._fit_seconds.start()
         if self.config_init[self.subcommand].get("ckpt_path") == "last":
             self._resolve_last()
         for logger in self.trainer.loggers:
@@ -230,7 +230,7 @@ class TransferCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", default=False):
             return
-        fit_seconds = time.perf_counter() - self._fit_started
+        fit_seconds = self._fit_seconds.seconds  # all the parts of an interrupted and resumed run
         checkpoint = self.trainer.checkpoint_callback
         best, score = None, None
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:

@@ -1,6 +1,10 @@
 """Item 3: `ckpt_path` semantics: a missing file fails naming it, `last` with nothing saved says it starts
 fresh, and config values that differ from the checkpoint's are listed key by key on resume."""
 
+import json
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,3 +79,20 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_exits_2_naming_it(in_tmp, c
     assert "ckpt_path: empty.ckpt is not a Lightning checkpoint of a run (no pytorch-lightning_version)" in (
         capsys.readouterr().err
     )
+
+
+def test_a_resumed_run_reports_the_fit_seconds_of_all_its_parts(in_tmp):
+    folder = ["--checkpoint.dirpath", str(in_tmp / "ckpts")]
+    cli_main([*TINY, *folder])
+    last = in_tmp / "ckpts" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["callbacks"]["FitSeconds"]["seconds"] > 0  # the first part's
+    checkpoint["callbacks"]["FitSeconds"]["seconds"] = 1000.0  # as if the first part had taken 1,000 s
+    torch.save(checkpoint, last)
+    started = time.perf_counter()
+    resumed = cli_main(
+        [*TINY, *folder, "--trainer.max_epochs", "2", "--ckpt_path", str(last), "--test_after_fit", "true"]
+    )
+    second_part = time.perf_counter() - started
+    results = json.loads((Path(resumed.trainer.log_dir) / "results.json").read_text())
+    assert 1000.0 < results["fit_seconds"] < 1000.0 + second_part
