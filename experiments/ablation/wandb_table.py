@@ -9,23 +9,13 @@ from experiments.ablation import report
 from experiments.ablation.report import Aggregate
 from experiments.tracking import wandb_offline_by_default
 
-# The columns of results.csv a person compares in W&B (the per-seed values stay in the CSV).
-COLUMNS: list[str | int] = [
-    "arm",
-    "metric",
-    "n",
-    "mean",
-    "std",
-    "ci95_low",
-    "ci95_high",
-    "baseline",
-    "diff_vs_baseline",
-    "p_paired_t",
-]
+# The columns of results.csv a person compares in W&B: the pairing details and per-seed values stay in the CSV.
+LEFT_OUT = ("n_pairs", "p_sign_flip", "seeds", "values")
+COLUMNS: list[str | int] = [column for column in report.COLUMNS if column not in LEFT_OUT]
 
 
 def table_rows(result: Aggregate) -> list[list[object]]:
-    picks = [report.COLUMNS.index(str(column)) for column in COLUMNS]
+    picks = [i for i, column in enumerate(report.COLUMNS) if column not in LEFT_OUT]
     return [[row[i] for i in picks] for row in report.table_rows(result)]
 
 
