@@ -255,11 +255,16 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> TransferCLI:
 
 
 def main() -> None:
-    # `transfer ablate` runs many `transfer fit`s; it is no LightningCLI subcommand (it builds no Trainer).
+    # `transfer ablate` runs many `transfer fit`s and `transfer merge` rewrites a checkpoint: no LightningCLI
+    # subcommands (they build no Trainer).
     if sys.argv[1:2] == ["ablate"]:
         from experiments.ablate import main as ablate
 
         sys.exit(ablate(sys.argv[2:]))
+    if sys.argv[1:2] == ["merge"]:
+        from experiments.merge import main as merge
+
+        sys.exit(merge(sys.argv[2:]))
     cli_main()
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from datamodules.cache import cache_root
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from lightning_modules.frozen_base import ADAPTER_ONLY, FROZEN_BASE
 
 StateDict = dict[str, Tensor]
 
@@ -43,6 +44,35 @@ class Backbone(nn.Module):
     def convert_state_dict(self, state_dict: StateDict) -> StateDict:
         """Map a foreign naming (e.g. the original repository's) onto this module's keys."""
         return state_dict
+
+    def adapter_host(self) -> nn.Module:
+        """The module adapters are injected into: the library model a wrapper holds (so that adapters saved in
+        peft's format load onto the plain timm / torchvision / transformers model), else the backbone itself."""
+        model = self._modules.get("model")
+        return model if model is not None else self
+
+    def adapter_targets(self) -> list[str] | None:
+        """Default `target_modules` of adapters (see `default_adapter_targets`); None lets peft choose."""
+        return default_adapter_targets(self.adapter_host(), self.pretrained_head())
+
+
+def default_adapter_targets(host: nn.Module, head: nn.Module | None) -> list[str]:
+    """Default adapter targets of a vision model: its fused `qkv` projections if it has them (ViTs); in a model
+    with depthwise convolutions (EfficientNet, MobileNet) its pointwise convolutions and linear layers (LoRA
+    does not support grouped convolutions); otherwise every ungrouped convolution and linear layer. Never the
+    pretrained classifier."""
+    head_modules = set(head.modules()) if head is not None else set()
+    layers = {n: m for n, m in host.named_modules() if isinstance(m, nn.Linear | nn.Conv2d) and m not in head_modules}
+    qkv = [n for n in layers if n.rsplit(".", 1)[-1] == "qkv"]
+    if qkv:
+        return qkv
+    convs = {n: m for n, m in layers.items() if isinstance(m, nn.Conv2d)}
+    depthwise = any(m.groups > 1 for m in convs.values())
+    return [
+        name
+        for name, layer in layers.items()
+        if not isinstance(layer, nn.Conv2d) or (layer.groups == 1 and (not depthwise or layer.kernel_size == (1, 1)))
+    ]
 
 
 @dataclass(frozen=True)
@@ -164,6 +194,8 @@ def read_state_dict(path: str | Path) -> StateDict:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise ValueError(f"cannot read weights file {path}: {error}") from error
+    if isinstance(state, dict) and FROZEN_BASE in state:
+        raise ValueError(f"weights file {path} {ADAPTER_ONLY}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

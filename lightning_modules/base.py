@@ -13,12 +13,21 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from lightning_modules.adapters import BitFit, PeftConfig, adapter_config, attach_adapter
 from lightning_modules.backbones import create_backbone
 from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.finite import check_finite_losses, check_finite_state
+from lightning_modules.frozen_base import (
+    ADAPTER_ONLY,
+    FROZEN_BASE,
+    frozen_base_keys,
+    restore_frozen_base,
+    strip_frozen_base,
+)
 from lightning_modules.metrics import TaskMetrics
 
 Batch = dict[str, Tensor]
@@ -43,6 +52,10 @@ class TransferModule(LightningModule):
         label_smoothing: Label smoothing of the cross-entropy.
         optimizer: Optimizer class and its arguments; its `lr` is the base learning rate.
         lr_scheduler: Optional scheduler; one that takes `total_steps` gets the run's number of steps.
+        adapter: Parameter-efficient fine-tuning (`lightning_modules.adapters`): a peft config such as
+            `peft.LoraConfig` (LoRA; DoRA with `use_dora: true`) or `peft.IA3Config`, or `BitFit`. The
+            backbone is frozen except for the adapter; the head always trains. Checkpoints then hold the
+            trained weights and a fingerprint of the frozen base instead of the base (`frozen_base`).
     """
 
     def __init__(
@@ -58,6 +71,7 @@ class TransferModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         metrics: list[str] | None = None,
         val_names: list[str] | None = None,
+        adapter: PeftConfig | BitFit | None = None,
     ):
         super().__init__()
         # Callables are not checkpoint data (and would break weights_only loading); the CLI config holds them.
@@ -71,6 +85,12 @@ class TransferModule(LightningModule):
         self.backbone = create_backbone(backbone, pretrained=pretrained and backbone_ckpt is None, weights=weights)
         if backbone_ckpt is not None:
             load_backbone_ckpt(self.backbone, backbone, backbone_ckpt)
+        self.adapter = adapter
+        self._base_ids = {id(p) for p in self.backbone.parameters()}  # the pretrained base, before any adapter
+        if adapter is not None:
+            attach_adapter(self.backbone, adapter)
+            if not isinstance(self.hparams["adapter"], dict):  # outside the CLI: keep checkpoints plain data
+                self.hparams["adapter"] = adapter_config(adapter)
         head = nn.Linear(self.backbone.num_features, num_classes)
         self.head = nn.Sequential(nn.Dropout(head_dropout), head) if head_dropout > 0 else head
         self.optimizer_factory = optimizer
@@ -204,6 +224,17 @@ class TransferModule(LightningModule):
         # Every checkpoint (best, last, on signal) holds finite tensors only, or is not written at all.
         check_finite_state(checkpoint["state_dict"], "checkpoint state_dict")
         check_finite_state(checkpoint.get("optimizer_states", []), "checkpoint optimizer_states")
+        if self.adapter is not None:
+            strip_frozen_base(checkpoint, frozen_base_keys(self, self._base_ids), self.base_source())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_frozen_base(checkpoint, self, self.base_source())
+
+    def base_source(self) -> dict[str, Any]:
+        """Where the backbone's pretrained weights come from, for the frozen-base fingerprint."""
+        hp = self.hparams
+        weights = hp["weights"] or hp["backbone_ckpt"] or ("pretrained" if hp["pretrained"] else "random init")
+        return {"backbone": self.backbone_name, "weights": str(weights)}
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -229,9 +260,25 @@ class TransferModule(LightningModule):
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:
             group["lr"] *= group.pop("lr_scale", 1.0)
+        self.report_trainable(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self._scheduler_config(optimizer)}
+
+    def report_trainable(self, optimizer: torch.optim.Optimizer) -> None:
+        """Say what trains: trainable parameters, their share of the model, and each optimizer group (name, trained
+        parameters, learning rate); the counts go to the loggers too."""
+        params = {id(p): p for p in self.parameters()}.values()
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        lines = [f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f} %)"]
+        for index, group in enumerate(optimizer.param_groups):
+            count = sum(p.numel() for p in group["params"] if p.requires_grad)
+            lines.append(f"  optimizer group {group.get('name', index)}: {count:,} trained, lr {group['lr']:.3g}")
+        rank_zero_info("\n".join(lines))
+        counts = {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / max(total, 1)}
+        for logger in self.loggers:
+            logger.log_hyperparams(counts)
 
     def _scheduler_config(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         factory = self.scheduler_factory
@@ -247,6 +294,8 @@ def load_backbone_ckpt(backbone: nn.Module, name: str, path: str) -> None:
     """Load the `backbone.*` weights of a TransferModule checkpoint (weights only) into `backbone` (`name`)."""
     file, checkpoint = read_checkpoint(path, "model.backbone_ckpt")
     checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
+    if FROZEN_BASE in checkpoint:
+        raise ValueError(f"model.backbone_ckpt: {file} {ADAPTER_ONLY}")
     weights = checkpoint.get("state_dict", checkpoint)
     state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
     if not state:

@@ -103,6 +103,11 @@ class Distillation(TransferModule):
         self.teacher_logits: Tensor | None = None
         self.teacher_encoder: FeatureEncoder | None = None
         if student_init == "teacher":
+            if self.adapter is not None:  # the teacher's weights would have to go under the adapter's layers
+                raise ValueError(
+                    "model.adapter with model.student_init=teacher is not supported: start the student from "
+                    "model.backbone (pretrained, model.weights or model.backbone_ckpt)"
+                )
             self._init_from_teacher(student_layers)
 
     @property

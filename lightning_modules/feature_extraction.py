@@ -29,6 +29,8 @@ class FeatureExtraction(TransferModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if self.adapter is not None:
+            raise ValueError("model.adapter: FeatureExtraction trains no backbone weights; use FineTuning with it")
         self.backbone.requires_grad_(False)
         self.cache_features = cache_features
         self.feature_cache_dir = feature_cache_dir

@@ -33,7 +33,8 @@ class FineTuning(TransferModule):
         bn_policy: BatchNorm layers of trained groups: `train` updates their running statistics, `eval`
             keeps the pretrained statistics (affine parameters still train), `freeze` keeps both.
             Frozen groups always behave as `freeze`. None: `eval` for a pretrained backbone (measured: see
-            the README), `train` from scratch (random statistics must be learned).
+            the README), `train` from scratch (random statistics must be learned). With `model.adapter`
+            the same: the BatchNorm layers train unless `freeze`.
         head_init: `linear_probe` fits the head on the frozen backbone's features of the un-augmented
             training set before fine-tuning starts (LP-FT, Kumar et al., ICLR 2022); `imagenet_rows`
             copies the pretrained ImageNet classifier's rows for the data's classes (an ImageNet subset,
@@ -54,6 +55,11 @@ class FineTuning(TransferModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        pretrained = self.hparams["pretrained"] or self.hparams["weights"] or self.hparams["backbone_ckpt"]
+        self.bn_policy = bn_policy or ("eval" if pretrained else "train")
+        if self.adapter is not None and self.bn_policy != "freeze":  # the adapter froze them: BN follows bn_policy
+            for norm in batch_norms(self.backbone):
+                norm.requires_grad_(True)
         groups = self.backbone.layer_groups()
         if trainable_groups is not None:
             if not 0 <= trainable_groups <= len(groups):
@@ -68,8 +74,6 @@ class FineTuning(TransferModule):
         self.lr_decay = lr_decay
         if not 0 < lr_decay <= 1:
             raise ValueError(f"model.lr_decay must be in (0, 1], got {lr_decay}")
-        pretrained = self.hparams["pretrained"] or self.hparams["weights"] or self.hparams["backbone_ckpt"]
-        self.bn_policy = bn_policy or ("eval" if pretrained else "train")
         if head_init == "linear_probe" and self.regression:
             raise ValueError("model.head_init=linear_probe fits a classifier; use `random` for regression tasks")
         if head_init == "imagenet_rows":

@@ -59,6 +59,9 @@ class TransformersBackbone(Backbone):
             groups.append(list(base.pooler.parameters()))
         return groups
 
+    def adapter_targets(self) -> list[str] | None:
+        return None  # peft's own table per model type: BERT's query and value projections, ...
+
     def keep_layers(self, indices: Sequence[int]) -> None:
         """Keep only the encoder layers `indices` (increasing), e.g. [0, 2, 4] of a 6-layer encoder: the
         DistilBERT initialisation (Sanh et al. 2019) of a shallower student from every other layer."""
