@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import adapters
 import compile as compile_benchmark
 import cpu_precision
 import distillation
@@ -60,6 +61,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Path | None, Callable[[], 
             lambda: dynamic_padding.run(dynamic_padding.parser().parse_args(["--glue-root", glue, "--rounds", rounds])),
         ),
         ("7 torch.compile", None, lambda: compile_benchmark.run(args.rounds)),
+        ("8 adapters", None, lambda: adapters.run(args.rounds)),
     ]
 
 

@@ -12,7 +12,13 @@ from datamodules.imagenet_classes import IMAGENETTE
 from experiments.cli import CONFIGS, cli_main
 from lightning_modules import TransferModule, create_backbone
 
-STACKED = [CONFIGS / "glue" / "feature_extraction.yaml"]  # pieces that stack on an experiment file
+GLUE_TASK_FILES = [CONFIGS / "glue" / "rte.yaml", CONFIGS / "glue" / "stsb.yaml"]
+STACKED = {  # pieces that stack on experiment files -> the files to check them on
+    CONFIGS / "glue" / "feature_extraction.yaml": GLUE_TASK_FILES,
+    CONFIGS / "glue" / "lora.yaml": GLUE_TASK_FILES,
+    CONFIGS / "glue" / "bitfit.yaml": GLUE_TASK_FILES,
+    CONFIGS / "cifar10" / "lora.yaml": [CONFIGS / "cifar10" / "fine_tuning.yaml"],
+}
 EXPERIMENTS = sorted(
     p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("trainer", "logger", "model") and p not in STACKED
 )
@@ -136,11 +142,17 @@ def check_multi_task(cli) -> None:
 
 
 @pytest.mark.parametrize("piece", STACKED, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_stacked_pieces_change_the_strategy_of_every_task(piece, in_tmp):
-    for task in ("rte", "stsb"):
-        cli = instantiate(CONFIGS / "glue" / f"{task}.yaml", in_tmp, "-c", str(piece))
-        assert type(cli.model).__name__ == "FeatureExtraction" and cli.datamodule.task == task
-        assert cli.model.backbone_is_frozen()
+def test_stacked_pieces_change_the_strategy_of_every_experiment(piece, in_tmp):
+    for experiment in STACKED[piece]:
+        cli = instantiate(experiment, in_tmp, "-c", str(piece))
+        if experiment.parent.name == "glue":
+            assert cli.datamodule.task == experiment.stem
+        if piece.stem == "feature_extraction":
+            assert type(cli.model).__name__ == "FeatureExtraction" and cli.model.backbone_is_frozen()
+            continue
+        assert type(cli.model).__name__ == "FineTuning" and cli.model.adapter is not None
+        trained = sum(p.numel() for p in cli.model.backbone.parameters() if p.requires_grad)
+        assert 0 < trained < 0.05 * sum(p.numel() for p in cli.model.backbone.parameters())
 
 
 def test_backbone_preprocessing_flows_into_the_data(in_tmp):
