@@ -45,16 +45,16 @@ def attach_adapter(backbone: Backbone, adapter: Adapter) -> None:
     if isinstance(adapter, BitFit):
         adapter.attach(backbone)
         return
-    adapter = copy.copy(adapter)  # the targets filled in below belong to this backbone, not to the caller's config
-    if getattr(adapter, "target_modules", None) is None and not getattr(adapter, "target_parameters", None):
+    config: Any = copy.copy(adapter)  # the targets filled in below are this backbone's, not the caller's config
+    if getattr(config, "target_modules", None) is None and not getattr(config, "target_parameters", None):
         targets = backbone.adapter_targets()
         if targets is not None:
-            adapter.target_modules = targets
-            if hasattr(adapter, "feedforward_modules") and adapter.feedforward_modules is None:
-                adapter.feedforward_modules = []  # (IA)3: scale the outputs of the targets, not their inputs
+            config.target_modules = targets
+            if hasattr(config, "feedforward_modules") and config.feedforward_modules is None:
+                config.feedforward_modules = []  # (IA)3: scale the outputs of the targets, not their inputs
     host = backbone.adapter_host()
     try:
-        peft_model = get_peft_model(host, adapter)
+        peft_model = get_peft_model(host, config)
     except ValueError as error:
         raise ValueError(f"model.adapter {type(adapter).__name__} on this backbone: {error}") from None
     # The peft wrapper is kept outside the module tree: the backbone's parameter names stay those of its own
