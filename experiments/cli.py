@@ -255,16 +255,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> TransferCLI:
 
 
 def main() -> None:
-    # `transfer ablate` runs many `transfer fit`s and `transfer merge` rewrites a checkpoint: no LightningCLI
-    # subcommands (they build no Trainer).
-    if sys.argv[1:2] == ["ablate"]:
-        from experiments.ablate import main as ablate
-
-        sys.exit(ablate(sys.argv[2:]))
-    if sys.argv[1:2] == ["merge"]:
-        from experiments.merge import main as merge
-
-        sys.exit(merge(sys.argv[2:]))
+    """The Lightning CLI alone (`python -m experiments.cli fit ...`); the `transfer` command is `experiments.entry`."""
     cli_main()
 
 

@@ -231,13 +231,19 @@ def test_shipped_studies_dry_run_without_data(path, in_tmp, capsys):
 
 
 def test_transfer_entry_point_dispatches_ablate_before_lightning_cli(fake, monkeypatch, capsys):
-    from experiments import cli
+    from experiments import entry
 
     study, _, out = fake
     monkeypatch.setattr(sys, "argv", ["transfer", "ablate", str(study), "--dry-run", "--out", str(out)])
     with pytest.raises(SystemExit) as raised:
-        cli.main()
+        entry.main()
     assert raised.value.code == 0 and "4 runs" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["transfer", "--help"])
+    with pytest.raises(SystemExit) as raised:
+        entry.main()
+    text = capsys.readouterr().out
+    assert raised.value.code == 0 and all(f"transfer {name} --help" in text for name in entry.COMMANDS)
+    assert "{fit,validate,test,predict}" in text
 
 
 # ----------------------------------------------------------------------------------- execution

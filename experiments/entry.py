@@ -1,0 +1,31 @@
+"""`transfer`: the command line. `ablate` and `merge` are commands of their own (they build no Trainer); every
+other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module whose `main(argv) -> int` runs it, what it does)
+COMMANDS = {
+    "ablate": ("experiments.ablate", "run a study (grid x seeds of `transfer fit`) into a table and plots"),
+    "merge": ("experiments.merge", "fold an adapter run's adapter into a plain checkpoint (and peft's format)"),
+}
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command in COMMANDS:
+        sys.exit(importlib.import_module(COMMANDS[command][0]).main(sys.argv[2:]))
+    if command in (None, "-h", "--help"):
+        print("transfer commands: fit, validate, test, predict (Lightning CLI, below), and")
+        for name, (_, summary) in COMMANDS.items():
+            print(f"  {name:<8} {summary}; `transfer {name} --help`")
+        print()
+    from experiments.cli import cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
