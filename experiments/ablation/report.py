@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,12 @@ def lower_is_better(metric: str) -> bool:
     return any(word in metric for word in ("loss", "error", "seconds", "time"))
 
 
+def shown(path: str | Path) -> str:
+    """A path as reports show it: relative to the folder the study was run from (the project), never the
+    absolute path of the machine it ran on."""
+    return os.path.relpath(path)
+
+
 def aggregate(study: Study, plans: Sequence[ArmPlan], outcomes: Mapping[str, Outcome]) -> Aggregate:
     """Per arm and metric: the finished seeds' values, their summary and the paired test vs the baseline."""
     runs, values = [], {}
@@ -63,8 +70,9 @@ def aggregate(study: Study, plans: Sequence[ArmPlan], outcomes: Mapping[str, Out
                 {
                     "arm": plan.arm.name,
                     "seed": spec.seed,
-                    "folder": str(spec.directory),
+                    "folder": shown(spec.directory),
                     **{k: v for k, v in asdict(outcome).items() if k != "metrics"},
+                    "log": outcome.log and shown(outcome.log),
                     "metrics": outcome.metrics,
                 }
             )
@@ -185,7 +193,7 @@ def write_csv(result: Aggregate, path: Path) -> None:
 def write_json(result: Aggregate, path: Path, command: str, plots: Mapping[str, str]) -> None:
     data = {
         "study": result.study.name,
-        "study_file": str(result.study.path),
+        "study_file": shown(result.study.path),
         "command": command,
         "seeds": list(result.study.seeds),
         "metrics": list(result.study.metrics),

@@ -285,6 +285,11 @@ def test_one_failing_run_does_not_stop_the_others_and_is_reported(fake, monkeypa
     assert failed["attempts"] == 2 and failed["log"].endswith("attempt-2.log") and "code 3" in failed["error"]
     report = (out / "results.md").read_text()
     assert "## Runs not finished" in report and failed["log"] in report
+    # Reports name paths relative to the folder the study ran from, never this machine's absolute paths.
+    assert not any(Path(r[key]).is_absolute() for r in results["runs"] for key in ("folder", "log") if r[key])
+    runs_line = next(line for line in report.splitlines() if line.startswith("Runs: `"))
+    assert not Path(runs_line.removeprefix("Runs: `").rstrip("`.")).is_absolute()
+    assert not Path(results["study_file"]).is_absolute()
     fast = next(r for r in results["rows"] if r["arm"] == "fast" and r["metric"] == "test/acc")
     assert fast["n"] == 1 and fast["test"]["n"] == 1  # aggregated over what finished
     assert "1 runs did not finish" in capsys.readouterr().out
