@@ -38,11 +38,16 @@ def batch(backbone: str) -> dict[str, torch.Tensor]:
     return {"pixel_values": torch.randn(32, 3, 128, 128, generator=generator), "labels": labels}
 
 
-def training_step(backbone: str, way: str) -> Callable[[], None]:
+def build(backbone: str, way: str) -> tuple[FineTuning, torch.optim.Optimizer]:
+    """The module with `way`'s adapter (none for `full`) and AdamW on what it trains."""
     torch.manual_seed(0)
     adapter = ADAPTERS[way]
     model = FineTuning(backbone=backbone, num_classes=2, adapter=adapter() if adapter else None).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+
+def training_step(backbone: str, way: str) -> Callable[[], None]:
+    model, optimizer = build(backbone, way)
     inputs = batch(backbone)
 
     def step() -> None:
@@ -58,11 +63,8 @@ def training_memory_mb(backbone: str, way: str) -> float:
     """MB a training step holds beyond the weights: activations saved for backward (distinct storages that are
     not parameters), gradients and AdamW's state. Counted from the tensors themselves: exact, whatever the
     allocator or the machine's load."""
-    torch.manual_seed(0)
-    adapter = ADAPTERS[way]
-    model = FineTuning(backbone=backbone, num_classes=2, adapter=adapter() if adapter else None).train()
+    model, optimizer = build(backbone, way)
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-4)
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -85,8 +87,8 @@ def run(rounds: int = 5, calls: int = 3) -> list[Comparison]:
     comparisons = []
     for backbone, shape in BACKBONES.items():
         full_mb = training_memory_mb(backbone, "full")
+        a = functools.partial(seconds_per_call, training_step(backbone, "full"), calls, 1)
         for way in ("lora", "bitfit") if backbone == "minilm_l6" else ("lora",):
-            a = functools.partial(seconds_per_call, training_step(backbone, "full"), calls, 1)
             b = functools.partial(seconds_per_call, training_step(backbone, way), calls, 1)
             result = compare(f"{shape}: {way} vs full fine-tuning step", "full", a, way, b, rounds)
             result.unit_scale, result.unit = 1e3, "ms/step"

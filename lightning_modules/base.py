@@ -268,7 +268,7 @@ class TransferModule(LightningModule):
     def report_trainable(self, optimizer: torch.optim.Optimizer) -> None:
         """Say what trains: trainable parameters, their share of the model, and each optimizer group (name, trained
         parameters, learning rate); the counts go to the loggers too."""
-        params = {id(p): p for p in self.parameters()}.values()
+        params = list(self.parameters())
         total = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)
         lines = [f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f} %)"]
