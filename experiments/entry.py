@@ -1,5 +1,5 @@
-"""`transfer`: the command line. `ablate` and `merge` are commands of their own (they build no Trainer); every
-other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
+"""`transfer`: the command line. `ablate`, `merge` and `select` are commands of their own (they build no
+Trainer); every other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "ablate": ("experiments.ablate", "run a study (grid x seeds of `transfer fit`) into a table and plots"),
     "merge": ("experiments.merge", "fold an adapter run's adapter into a plain checkpoint (and peft's format)"),
+    "select": ("experiments.select", "rank candidate pretrained models on your data by transferability scores"),
 }
 
 
