@@ -1,4 +1,4 @@
-"""`transfer`: the command line. `ablate`, `merge` and `select` are commands of their own (they build no
+"""`transfer`: the command line. `ablate`, `merge`, `select` and `tune` are commands of their own (they build no
 Trainer); every other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ COMMANDS = {
     "ablate": ("experiments.ablate", "run a study (grid x seeds of `transfer fit`) into a table and plots"),
     "merge": ("experiments.merge", "fold an adapter run's adapter into a plain checkpoint (and peft's format)"),
     "select": ("experiments.select", "rank candidate pretrained models on your data by transferability scores"),
+    "tune": ("experiments.tune", "search hyper-parameters and strategies with Optuna, pruning bad trials early"),
 }
 
 

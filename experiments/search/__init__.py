@@ -1,0 +1,1 @@
+"""`transfer tune`: Optuna searches over config keys, every trial a `transfer fit` run."""

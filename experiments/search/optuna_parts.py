@@ -1,0 +1,57 @@
+"""The Optuna objects a search file names: its sampler, its pruner and the storage every worker shares."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+
+from experiments.search.space import PRUNERS, Search
+
+HEARTBEAT_S = 60  # a trial whose worker has not beaten for GRACE_S is failed and retried with the same values
+GRACE_S = 180
+
+
+def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """`{name: successive_halving, min_resource: 1, ...}` -> the Optuna pruner (its own keyword arguments)."""
+    options = {key: value for key, value in spec.items() if key != "name"}
+    try:
+        return getattr(optuna.pruners, PRUNERS[spec["name"]])(**options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"pruner: {error}") from None
+
+
+def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
+    options = {key: value for key, value in search.sampler.items() if key != "name"}
+    try:
+        if search.sampler["name"] == "grid":  # every point of the parameters' `grid` values
+            return optuna.samplers.GridSampler({p.name: list(p.grid) for p in search.space}, **options)
+        if search.sampler["name"] == "random":
+            return optuna.samplers.RandomSampler(**options)
+        return optuna.samplers.TPESampler(**options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sampler: {error}") from None
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Any database URL SQLAlchemy takes (sqlite:///file.db, postgresql://...), with heartbeats: a trial of a
+    worker that died is failed after GRACE_S and retried with the same values (its run resumes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry
+        )
+
+
+def load_or_create(search: Search, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """The search's Optuna study in `storage`: created on the first call, continued on every later one."""
+    return optuna.create_study(
+        study_name=search.name,
+        storage=storage,
+        sampler=make_sampler(search),
+        pruner=make_pruner(search.pruner),
+        direction="minimize" if search.direction == "minimize" else "maximize",
+        load_if_exists=True,
+    )
