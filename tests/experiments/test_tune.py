@@ -10,10 +10,12 @@ from lightning.pytorch import Trainer
 
 from datamodules import SyntheticDataModule
 from experiments.ablation.study import StudyError
+from experiments.cli import CONFIGS
 from experiments.search.pruning import PRUNED, TrialPruning, pruned_at
 from experiments.search.report import compute
 from experiments.search.space import load_search
 from experiments.search.trial import CONTINUES, INTERRUPTED, StopAfterFailures, continue_interrupted
+from experiments.tune import check_space
 from experiments.tune import main as tune_main
 from lightning_modules import FineTuning
 
@@ -240,3 +242,30 @@ def test_a_search_stopped_mid_trial_continues_that_trial_from_its_checkpoint(tmp
     assert json.loads((run / "result.json").read_text())["attempts"] == 1  # this invocation's single try...
     assert len(list(run.glob("attempt-*.log"))) == 2  # ...was the second of the run,
     assert "Restored all states from the checkpoint" in (run / "attempt-2.log").read_text()  # from last.ckpt
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.parent.glob("searches/*.yaml")), ids=lambda p: p.name)
+def test_the_shipped_search_files_pass_the_real_parser(path):
+    search = load_search(path)
+    check_space(search, ())  # every choice and both ends of every range
+    assert search.trials and search.final_seeds
+
+
+def test_a_trial_whose_worker_died_is_failed_by_its_heartbeat_and_retried_with_the_same_values(tmp_path, monkeypatch):
+    import time
+
+    from experiments.search import optuna_parts
+
+    monkeypatch.setattr(optuna_parts, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(optuna_parts, "GRACE_S", 1)
+    search = load_search(write_search(tmp_path))
+    storage = optuna_parts.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna_parts.load_or_create(search, storage)
+    dead = study.ask()
+    value = dead.suggest_float("model.init_args.head_lr", 1e-4, 1e-1, log=True)
+    storage.record_heartbeat(dead._trial_id)  # then its worker is killed: no more heartbeats
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)  # what every worker does before a trial
+    failed, retry = study.get_trials()
+    assert failed.state == State.FAIL and retry.state == State.WAITING
+    assert retry.params == {"model.init_args.head_lr": value}  # same values: same run folder, which resumes
