@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a config key for every trial, as `transfer fit --KEY VALUE`")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run folder (default runs/tune/<search name>)")
     parser.add_argument("--results", type=Path, help="report folder (default --out)")
-    parser.add_argument("--storage", help="Optuna database URL (default sqlite:///<out>/optuna.db)")
+    parser.add_argument("--storage", help="Optuna database URL or journal:FILE (default sqlite:///<out>/optuna.db)")
     parser.add_argument("--workers", type=int, default=1, help="trials at a time in this process (CPU split)")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local (default), or slurm / submitit-local: --jobs workers as submitit jobs")  # fmt: skip

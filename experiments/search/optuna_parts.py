@@ -36,7 +36,13 @@ def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """Any database URL SQLAlchemy takes (sqlite:///file.db, postgresql://...), with heartbeats: a trial of a
-    worker that died is failed after GRACE_S and retried with the same values (its run resumes)."""
+    worker that died is failed after GRACE_S and retried with the same values (its run resumes). Or
+    `journal:PATH`, Optuna's journal file (many machines on a shared file system, no server; no heartbeats)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        backend = JournalFileBackend(url.removeprefix("journal:"))
+        return optuna.storages.JournalStorage(backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)

@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule, Trainer
 from optuna_integration.pytorch_lightning import PyTorchLightningPruningCallback
 
 from experiments.ablation.runs import read_history, read_json, write_json
-from experiments.search.optuna_parts import make_pruner
+from experiments.search.optuna_parts import make_pruner, make_storage
 
 PRUNED = "pruned.json"
 
@@ -26,7 +26,7 @@ class TrialPruning(PyTorchLightningPruningCallback):
     """Reports `monitor` after every validation to Optuna trial `trial_id`; stops the run when it is pruned.
 
     Args:
-        storage: The search's database URL.
+        storage: The search's database URL (or `journal:PATH`).
         study_name: The Optuna study (the search's name).
         trial_id: The trial this run belongs to.
         monitor: The validation metric the pruner compares, e.g. `val/score`.
@@ -36,7 +36,7 @@ class TrialPruning(PyTorchLightningPruningCallback):
 
     def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str, pruner: dict[str, Any],
                  dirpath: str):  # fmt: skip
-        study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage), pruner=make_pruner(pruner))
         super().__init__(optuna.trial.Trial(study, trial_id), monitor)
         self.dirpath = Path(dirpath)
 

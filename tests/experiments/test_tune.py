@@ -104,9 +104,8 @@ def test_a_bad_pruner_option_stops_before_any_trial(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def fit_with_pruning(tmp_path, study, trial_id, pruner, epochs=3):
-    callback = TrialPruning(f"sqlite:///{tmp_path / 'optuna.db'}", study.study_name, trial_id, "val/score", pruner,
-                            str(tmp_path / "run"))  # fmt: skip
+def fit_with_pruning(tmp_path, storage, study, trial_id, pruner, epochs=3):
+    callback = TrialPruning(storage, study.study_name, trial_id, "val/score", pruner, str(tmp_path / "run"))
     torch.manual_seed(0)
     trainer = Trainer(max_epochs=epochs, callbacks=[callback], logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
@@ -115,12 +114,15 @@ def fit_with_pruning(tmp_path, study, trial_id, pruner, epochs=3):
     return trainer
 
 
-def test_a_run_reports_each_epoch_and_stops_cleanly_when_its_trial_is_pruned(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_run_reports_each_epoch_and_stops_cleanly_when_its_trial_is_pruned(tmp_path, kind):
+    from experiments.search.optuna_parts import make_storage
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'journal.log'}"
     pruner = {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study = optuna.create_study(study_name="s", storage=make_storage(storage), direction="maximize")
     alone = study.ask()
-    trainer = fit_with_pruning(tmp_path, study, alone._trial_id, pruner)
+    trainer = fit_with_pruning(tmp_path, storage, study, alone._trial_id, pruner)
     assert trainer.current_epoch == 3  # no other trial: nothing to compare with, it ran to the end
     assert sorted(study.get_trials()[0].intermediate_values) == [0, 1, 2]
     assert pruned_at(tmp_path / "run") is None
@@ -128,7 +130,7 @@ def test_a_run_reports_each_epoch_and_stops_cleanly_when_its_trial_is_pruned(tmp
     study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={0: 2.0, 1: 2.0, 2: 2.0}))
 
     behind = study.ask()  # val/score is at most 1: below the median 2.0 of the finished trials at epoch 0
-    trainer = fit_with_pruning(tmp_path, study, behind._trial_id, pruner)
+    trainer = fit_with_pruning(tmp_path, storage, study, behind._trial_id, pruner)
     assert trainer.current_epoch == 1  # stopped after its first epoch, without an exception
     assert pruned_at(tmp_path / "run") == 0
     assert json.loads((tmp_path / "run" / PRUNED).read_text())["message"].startswith("Trial was pruned at epoch 0")
