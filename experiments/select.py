@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from datamodules.cache import cache_root
     from experiments.ablation.plan import ConfigError, resolve
     from experiments.selection.report import log_wandb_table, write_results
-    from experiments.selection.run import build_datamodule, data_key, encode, is_regression, score
+    from experiments.selection.run import build_datamodule, data_key, encode, is_regression, score, target_data
 
     base = [arg for path in selection.configs for arg in ("-c", str(path))]
     keys = [arg for key, value in selection.overrides for arg in (f"--{key}", cli_value(value))]
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     started, results, datamodules = time.perf_counter(), [], {}
     for candidate in selection.candidates:
-        data = resolved[candidate.name]["data"]
+        data = target_data(resolved[candidate.name])
         try:
             if data_key(data) not in datamodules:  # candidates with the same preprocessing share the data
                 datamodules[data_key(data)] = build_datamodule(data)

@@ -53,6 +53,19 @@ def build_datamodule(data_config: dict[str, Any]) -> LightningDataModule:
     return datamodule
 
 
+def target_data(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The `data` section of a resolved `transfer fit` config with the model's backbone preprocessing in it:
+    the parser links it into the data only when it instantiates, so a dumped config lacks it (and the
+    datamodule would fall back to its own default resolution and mean/std)."""
+    from experiments.cli import preprocessing_of
+
+    data = json.loads(json.dumps(resolved["data"]))
+    init_args = data.setdefault("init_args", {})
+    if init_args.get("preprocessing") is None:
+        init_args["preprocessing"] = preprocessing_of(resolved["model"]["init_args"]["backbone"])
+    return data
+
+
 def data_key(data_config: dict[str, Any]) -> str:
     return json.dumps(data_config, sort_keys=True, default=str)
 

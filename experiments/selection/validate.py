@@ -46,7 +46,7 @@ from experiments.ablation.report import fmt, shown
 from experiments.ablation.stats import summarize
 from experiments.ablation.study import StudyError, _overrides, cli_value
 from experiments.selection.candidates import Candidate, parse_candidates
-from experiments.selection.run import Scored, build_datamodule, data_key, encode, is_regression, score
+from experiments.selection.run import Scored, build_datamodule, data_key, encode, is_regression, score, target_data
 from experiments.selection.spec import _zoo
 from lightning_modules.metrics import TaskMetrics
 from lightning_modules.transferability import SCORES, probe_estimator
@@ -113,7 +113,7 @@ def score_target(target: Target, candidates: list[Candidate], cache_dir: Path, c
     """Each candidate's scores (timed as `transfer select` would spend them) and its probe's held-out score."""
     datamodules: dict[str, Any] = {}
     for candidate in candidates:
-        data = resolve(fit_args(target, candidate.model_args()))[0]["data"]
+        data = target_data(resolve(fit_args(target, candidate.model_args()))[0])
         if data_key(data) not in datamodules:  # candidates with the same preprocessing share the data
             datamodules[data_key(data)] = build_datamodule(data)
         datamodule = datamodules[data_key(data)]

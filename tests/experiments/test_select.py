@@ -185,3 +185,19 @@ def test_correlations_are_per_target_rank_correlations_with_the_reached_scores()
     assert logme.per_target["agree"] == pytest.approx((1.0, 1.0, 4))
     assert knn.per_target["agree"] == pytest.approx((-1.0, -1.0, 4))
     assert ("logme", "finetune") not in found
+
+
+@pytest.mark.parametrize("backbone", ["tiny_cnn", "efficientnet_lite0", "cifar_resnet20"])
+def test_each_candidate_reads_the_data_with_its_own_backbone_preprocessing(tmp_path, backbone):
+    from dataclasses import asdict
+
+    from experiments.ablation.plan import resolve
+    from experiments.selection.run import build_datamodule, target_data
+    from lightning_modules.backbones import backbone_preprocessing
+
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(TINY_DATA))
+    resolved = resolve(["-c", str(tmp_path / "data.yaml"), "--model.init_args.backbone", backbone])[0]
+    expected = backbone_preprocessing(backbone)
+    assert target_data(resolved)["init_args"]["preprocessing"] == asdict(expected)
+    datamodule = build_datamodule(target_data(resolved))
+    assert datamodule.preprocessing == expected and datamodule.image_size == expected.image_size
