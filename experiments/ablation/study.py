@@ -265,20 +265,26 @@ def _baseline(path: Path, value: Any, arms: tuple[Arm, ...]) -> str | dict[str, 
     return partial
 
 
-def load_study(path: Path) -> Study:
-    """Parse and check a study file; every error names the file and the key."""
-    path = Path(path)
+def read_mapping(path: Path, kind: str, keys: Sequence[str]) -> Mapping[str, Any]:
+    """A study-like YAML file (`kind`: "study", "search") as a mapping of known keys; errors name the file."""
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise StudyError(f"study file {path}: {error.strerror or error}") from error
+        raise StudyError(f"{kind} file {path}: {error.strerror or error}") from error
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(raw, Mapping):
-        raise StudyError(f"{path}: a study file is a mapping with keys {', '.join(KEYS)}")
-    unknown = sorted(set(raw) - set(KEYS))
+        raise StudyError(f"{path}: a {kind} file is a mapping with keys {', '.join(keys)}")
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise _error(path, ", ".join(unknown), f"unknown key; a study file has {', '.join(KEYS)}")
+        raise _error(path, ", ".join(unknown), f"unknown key; a {kind} file has {', '.join(keys)}")
+    return raw
+
+
+def load_study(path: Path) -> Study:
+    """Parse and check a study file; every error names the file and the key."""
+    path = Path(path)
+    raw = read_mapping(path, "study", KEYS)
     if "axes" not in raw and "arms" not in raw:
         raise _error(path, "axes/arms", "a study needs `axes`, `arms` or both")
 

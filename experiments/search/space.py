@@ -32,10 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from experiments.ablation.report import lower_is_better
-from experiments.ablation.study import StudyError, _config_files, _error, _overrides, cli_value
+from experiments.ablation.study import _config_files, _error, _overrides, cli_value, read_mapping
 
 KEYS = ("description", "config", "overrides", "space", "metric", "direction", "trials", "timeout", "seeds",
         "final_seeds", "sampler", "pruner", "name")  # fmt: skip
@@ -176,17 +174,7 @@ def _named(path: Path, key: str, value: Any, known: tuple[str, ...] | Mapping[st
 def load_search(path: Path) -> Search:
     """Parse and check a search file (the real parser checks its values later); errors name file and key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise StudyError(f"search file {path}: {error.strerror or error}") from error
-    except yaml.YAMLError as error:
-        raise StudyError(f"{path}: not valid YAML: {error}") from error
-    if not isinstance(raw, Mapping):
-        raise StudyError(f"{path}: a search file is a mapping with keys {', '.join(KEYS)}")
-    unknown = sorted(set(raw) - set(KEYS))
-    if unknown:
-        raise _error(path, ", ".join(unknown), f"unknown key; a search file has {', '.join(KEYS)}")
+    raw = read_mapping(path, "search", KEYS)
     space = raw.get("space")
     if not isinstance(space, Mapping) or not space:
         raise _error(path, "space", "expected a mapping of config keys (or names) to ranges or choices")

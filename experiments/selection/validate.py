@@ -14,7 +14,7 @@ The validation file:
 
     description: ...
     candidates: zoo_vision.yaml                   # as in a selection file
-    finetune_study: ../studies/select_zoo_vision.yaml   # optional
+    finetune_study: finetune_zoo_vision.yaml      # optional
     seeds: [0]                                    # fine-tuning seeds (default the study's)
     targets:
       digits: {config: ../configs/digits/fine_tuning.yaml, data.init_args.train_per_class: 100}
