@@ -98,8 +98,14 @@ def fit_args(target: Target, extra: Sequence[str] = ()) -> list[str]:
     return files + list(extra) + [a for k, v in target.overrides for a in (f"--{k}", cli_value(v))]
 
 
+def tested_split(datamodule: Any) -> str:
+    """The split `transfer fit --test_after_fit` scores: the test set, or the validation set where the test
+    labels are hidden (GLUE: its dev sets)."""
+    return "test" if getattr(datamodule, "test_is_labelled", lambda: True)() else "val"
+
+
 def probe_truth(features: dict[str, Tensor], labels: dict[str, Tensor], datamodule: Any, regression: bool) -> float:
-    """The official score (`TaskMetrics`) on the test split of a linear probe trained on the whole training split."""
+    """The official score (`TaskMetrics`) on the tested split of a linear probe trained on the whole training split."""
     probe = probe_estimator(regression, rows=len(features["train"]))
     probe.fit(features["train"].numpy(), labels["train"].numpy())
     test = features["test"].numpy()
@@ -122,9 +128,10 @@ def score_target(target: Target, candidates: list[Candidate], cache_dir: Path, c
         scored = score(candidate, train, None, regression)
         target.scored.append(scored)
         target.score_seconds += scored.feature_seconds + sum(scored.score_seconds.values())
-        test = encode(candidate, datamodule, cache_dir, torch.device("cpu"), splits=("test",))
-        encoded = {"train": train.features["train"], "test": test.features["test"]}
-        labels = {"train": train.labels["train"], "test": test.labels["test"]}
+        split = tested_split(datamodule)
+        test = encode(candidate, datamodule, cache_dir, torch.device("cpu"), splits=(split,))
+        encoded = {"train": train.features["train"], "test": test.features[split]}
+        labels = {"train": train.labels["train"], "test": test.labels[split]}
         truth = probe_truth(encoded, labels, datamodule, regression)
         target.truth.setdefault("probe", {})[candidate.name] = truth
         cached = " (features from the cache)" if scored.cached else ""
@@ -206,8 +213,9 @@ def write_report(validation: Validation, found: list[Correlation], out: Path, co
                  else "-" for n in names]  # fmt: skip
         lines.append(f"| {c.score} | {c.truth} | {len(c.per_target)} | {_interval(c.summary(0))} | "
                      f"{_interval(c.summary(1))} | " + " | ".join(cells) + " |")  # fmt: skip
-    lines += ["", "probe: a linear probe on the candidate's features, trained on the training split, scored on the "
-              "test split; finetune: `transfer fit` fine-tuning of the whole candidate, test split.", ""]  # fmt: skip
+    lines += ["", "probe: a linear probe on the candidate's features, trained on the training split, scored with the "
+              "task's official score on the split `transfer fit` tests (the test set; GLUE: the dev set, its test "
+              "labels are hidden); finetune: `transfer fit` fine-tuning of the whole candidate, the same split.", ""]  # fmt: skip
     lines += [
         "## Time",
         "",
