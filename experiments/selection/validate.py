@@ -213,9 +213,11 @@ def write_report(validation: Validation, found: list[Correlation], out: Path, co
                  else "-" for n in names]  # fmt: skip
         lines.append(f"| {c.score} | {c.truth} | {len(c.per_target)} | {_interval(c.summary(0))} | "
                      f"{_interval(c.summary(1))} | " + " | ".join(cells) + " |")  # fmt: skip
-    legend = ("probe: a linear probe on the candidate's features, trained on the training split, scored with "
-              "the task's official score on the split `transfer fit` tests (the test set; GLUE: the dev set, its "
-              "test labels are hidden); finetune: `transfer fit` fine-tuning of the whole candidate, that split.")  # fmt: skip
+    legend = (
+        "probe: a linear probe on the candidate's features, trained on the training split, scored with "
+        "the task's official score on the split `transfer fit` tests (the test set; GLUE: the dev set, its "
+        "test labels are hidden); finetune: `transfer fit` fine-tuning of the whole candidate, that split."
+    )
     lines += ["", legend, ""]
     lines += [
         "## Time",

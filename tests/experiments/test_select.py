@@ -201,3 +201,14 @@ def test_each_candidate_reads_the_data_with_its_own_backbone_preprocessing(tmp_p
     assert target_data(resolved)["init_args"]["preprocessing"] == asdict(expected)
     datamodule = build_datamodule(target_data(resolved))
     assert datamodule.preprocessing == expected and datamodule.image_size == expected.image_size
+
+
+def test_the_probe_truth_is_scored_on_the_split_transfer_fit_tests():
+    from experiments.selection.validate import tested_split
+
+    class HiddenTestLabels:  # GLUE: test labels hidden, `transfer fit` tests on the dev set
+        def test_is_labelled(self):
+            return False
+
+    assert tested_split(HiddenTestLabels()) == "val"
+    assert tested_split(object()) == "test"
