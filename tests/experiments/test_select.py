@@ -212,3 +212,16 @@ def test_the_probe_truth_is_scored_on_the_split_transfer_fit_tests():
 
     assert tested_split(HiddenTestLabels()) == "val"
     assert tested_split(object()) == "test"
+
+
+def test_the_selection_table_is_logged_to_wandb_offline_and_never_raises(tmp_path, monkeypatch):
+    import wandb
+
+    from experiments.selection.report import log_wandb_table
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = [scored("a", 1.0), scored("b", 2.0)]
+    message = log_wandb_table(results, "logme", "tiny", "transfer", tmp_path / "wb")
+    assert "offline" in message and list((tmp_path / "wb" / "wandb").rglob("*.wandb"))
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: (_ for _ in ()).throw(RuntimeError("no service")))
+    assert "not logged (RuntimeError: no service)" in log_wandb_table(results, "logme", "t", "p", tmp_path / "wb2")
