@@ -244,6 +244,7 @@ def write_report(validation: Validation, found: list[Correlation], out: Path, co
         "targets": {
             t.name: {
                 "scores": {s.candidate.name: s.scores for s in t.scored},
+                "seconds": {s.candidate.name: {"features": s.feature_seconds, **s.score_seconds} for s in t.scored},
                 "truth": t.truth,
                 "score_seconds": t.score_seconds,
                 "finetune_seconds": t.finetune_seconds,
