@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -11,6 +12,7 @@ from experiments.search.space import PRUNERS, Search
 
 HEARTBEAT_S = 60  # a trial whose worker has not beaten for GRACE_S is failed and retried with the same values
 GRACE_S = 180
+STORAGE_TRIES = 5  # opening the database, when another worker is creating it at the same moment
 
 
 def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
@@ -43,12 +45,21 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
         backend = JournalFileBackend(url.removeprefix("journal:"))
         return optuna.storages.JournalStorage(backend)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry
-        )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(STORAGE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry
+                )
+        except SQLAlchemyError:  # workers that start together on a new database race to create its tables
+            if attempt == STORAGE_TRIES - 1:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def load_or_create(search: Search, storage: optuna.storages.BaseStorage) -> optuna.Study:

@@ -187,6 +187,7 @@ def tune_command(path, out, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_worker_processes_share_one_database_and_the_final_step_reuses_the_best_run(tmp_path):
     import subprocess
 
@@ -214,6 +215,7 @@ def test_two_worker_processes_share_one_database_and_the_final_step_reuses_the_b
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_search_stopped_mid_trial_continues_that_trial_from_its_checkpoint(tmp_path):
     import signal
     import subprocess
@@ -271,3 +273,4 @@ def test_a_trial_whose_worker_died_is_failed_by_its_heartbeat_and_retried_with_t
     failed, retry = study.get_trials()
     assert failed.state == State.FAIL and retry.state == State.WAITING
     assert retry.params == {"model.init_args.head_lr": value}  # same values: same run folder, which resumes
+
