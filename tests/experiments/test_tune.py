@@ -273,4 +273,3 @@ def test_a_trial_whose_worker_died_is_failed_by_its_heartbeat_and_retried_with_t
     failed, retry = study.get_trials()
     assert failed.state == State.FAIL and retry.state == State.WAITING
     assert retry.params == {"model.init_args.head_lr": value}  # same values: same run folder, which resumes
-
