@@ -48,6 +48,12 @@ def cli_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def fit_arguments(files: Sequence[Path], keys: Sequence[tuple[str, Any]]) -> list[str]:
+    """`transfer fit` arguments: every `-c` file first, then the keys (so a key always wins over a file)."""
+    args = [arg for path in files for arg in ("-c", str(path))]
+    return args + [arg for key, value in keys for arg in (f"--{key}", cli_value(value))]
+
+
 @dataclass(frozen=True)
 class Choice:
     """One value of one axis: the config files it stacks and the keys it sets."""
@@ -120,8 +126,7 @@ class Study:
         own = arm.own_choices
         files = [*self.configs, *(path for choice in own for path in choice.configs), *configs]
         keys = [*self.overrides, *(item for choice in own for item in choice.overrides), *sets]
-        args = [arg for path in files for arg in ("-c", str(path))]
-        return args + [arg for key, value in keys for arg in (f"--{key}", cli_value(value))]
+        return fit_arguments(files, keys)
 
     def comparison_group(self, arm: Arm) -> tuple[tuple[str, str], ...]:
         """Arms compared with one another: all of them, or with a per-axis baseline (`{strategy: ft}`)

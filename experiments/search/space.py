@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.ablation.report import lower_is_better
-from experiments.ablation.study import _config_files, _error, _overrides, cli_value, read_mapping
+from experiments.ablation.study import _config_files, _error, _overrides, fit_arguments, read_mapping
 
 KEYS = ("description", "config", "overrides", "space", "metric", "direction", "trials", "timeout", "seeds",
         "final_seeds", "sampler", "pruner", "name")  # fmt: skip
@@ -104,7 +104,7 @@ class Search:
                 files += more_files
                 keys += more_keys
         keys += sets
-        return [a for f in files for a in ("-c", str(f))] + [a for k, v in keys for a in (f"--{k}", cli_value(v))]
+        return fit_arguments(files, keys)
 
     def grid_size(self) -> int:
         return math.prod(len(p.grid) for p in self.space)
