@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import warnings
 from typing import Any
@@ -24,8 +25,11 @@ def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
         raise ValueError(f"pruner: {error}") from None
 
 
-def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
+def make_sampler(search: Search, reseed: bool = False) -> optuna.samplers.BaseSampler:
+    """The search file's sampler; `reseed` replaces its seed by a fresh one (a worker joining a study)."""
     options = {key: value for key, value in search.sampler.items() if key != "name"}
+    if reseed and "seed" in options:
+        options["seed"] = secrets.randbits(31)
     try:
         if search.sampler["name"] == "grid":  # every point of the parameters' `grid` values
             return optuna.samplers.GridSampler({p.name: list(p.grid) for p in search.space}, **options)
@@ -63,12 +67,15 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def load_or_create(search: Search, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """The search's Optuna study in `storage`: created on the first call, continued on every later one."""
-    return optuna.create_study(
-        study_name=search.name,
-        storage=storage,
-        sampler=make_sampler(search),
-        pruner=make_pruner(search.pruner),
-        direction="minimize" if search.direction == "minimize" else "maximize",
-        load_if_exists=True,
-    )
+    """The search's Optuna study in `storage`: created on the first call, continued on every later one.
+
+    The worker that creates the study samples with the search file's seed, so a search that one worker
+    runs from start to end is reproducible. Every worker that joins it (another process, a submitit job, a
+    re-run continuing it) draws a seed of its own: with the file's seed it would propose the very values
+    the first worker proposed (Optuna's samplers draw from their own generator, not from the study)."""
+    options = {"study_name": search.name, "storage": storage, "pruner": make_pruner(search.pruner)}
+    try:
+        direction = "minimize" if search.direction == "minimize" else "maximize"
+        return optuna.create_study(sampler=make_sampler(search), direction=direction, **options)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(sampler=make_sampler(search, reseed=True), **options)

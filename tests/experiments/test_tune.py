@@ -273,3 +273,20 @@ def test_a_trial_whose_worker_died_is_failed_by_its_heartbeat_and_retried_with_t
     failed, retry = study.get_trials()
     assert failed.state == State.FAIL and retry.state == State.WAITING
     assert retry.params == {"model.init_args.head_lr": value}  # same values: same run folder, which resumes
+
+
+def test_a_worker_joining_a_seeded_search_proposes_values_of_its_own(tmp_path):
+    from experiments.search import optuna_parts
+
+    search = load_search(write_search(tmp_path, sampler={"name": "tpe", "seed": 0}))
+    storage = optuna_parts.make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    def first_proposal(study):
+        return study.ask().suggest_float("model.init_args.head_lr", 1e-4, 1e-1, log=True)
+
+    creator = optuna_parts.load_or_create(search, storage)
+    joiner = optuna_parts.load_or_create(search, storage)  # a second worker, or a re-run continuing the search
+    assert first_proposal(creator) != first_proposal(joiner)  # with one seed both would propose the same
+    fresh = optuna_parts.make_storage(f"sqlite:///{tmp_path / 'again.db'}")
+    again = optuna_parts.load_or_create(search, fresh)  # the same search from the start: the same values
+    assert first_proposal(again) == creator.trials[0].params["model.init_args.head_lr"]
