@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 
@@ -73,9 +73,13 @@ def load_or_create(search: Search, storage: optuna.storages.BaseStorage) -> optu
     runs from start to end is reproducible. Every worker that joins it (another process, a submitit job, a
     re-run continuing it) draws a seed of its own: with the file's seed it would propose the very values
     the first worker proposed (Optuna's samplers draw from their own generator, not from the study)."""
-    options = {"study_name": search.name, "storage": storage, "pruner": make_pruner(search.pruner)}
+    name, pruner = search.name, make_pruner(search.pruner)
     try:
-        direction = "minimize" if search.direction == "minimize" else "maximize"
-        return optuna.create_study(sampler=make_sampler(search), direction=direction, **options)
+        direction: Literal["minimize", "maximize"] = "minimize" if search.direction == "minimize" else "maximize"
+        return optuna.create_study(
+            study_name=name, storage=storage, sampler=make_sampler(search), pruner=pruner, direction=direction
+        )
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(sampler=make_sampler(search, reseed=True), **options)
+        return optuna.load_study(
+            study_name=name, storage=storage, sampler=make_sampler(search, reseed=True), pruner=pruner
+        )
