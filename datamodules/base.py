@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.batch_augment import BatchAugment
+from datamodules.corruptions import MIN_SIDE, SEVERITIES, cached_corruption, corruption_names
 from datamodules.datasets import ImageDataset, TensorImageDataset
 from datamodules.feature_inputs import FeatureInputs
 from datamodules.samplers import (
@@ -27,7 +28,7 @@ from datamodules.samplers import (
     progress_of,
 )
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
-from datamodules.transforms import MultiView, Preprocessing, image_transform, simclr_transform
+from datamodules.transforms import MultiView, Preprocessing, image_transform, normalize, resize_crop, simclr_transform
 
 SPLITS = ("train", "val", "test")
 FINGERPRINT_VERSION = "transfer-data-v1"
@@ -64,6 +65,12 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
             epochs then read memory instead of decoding files.
         batched_augmentation: Augment and normalise each training batch at once (`BatchAugment`: the
             same recipe, one op per batch instead of per image); for images of one size, not with views.
+        corruptions: Also test on corrupted copies of the test split (`datamodules.corruptions`, Hendrycks &
+            Dietterich 2019): corruption names or groups (`common` is the benchmark's 15; `noise`, `blur`,
+            `weather`, `digital`, `validation`, `all`). Logged as `test/<corruption>/<severity>/acc`, the
+            mean over severities `test/<corruption>/acc` and over every set `test/corruptions/acc`; the
+            clean test split stays `test/acc`. None: clean only.
+        severities: Severities (1-5) of each corruption.
     """
 
     flip: ClassVar[bool] = True
@@ -86,6 +93,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         test_per_class: int | None = None,
         in_memory: bool = False,
         batched_augmentation: bool = False,
+        corruptions: list[str] | None = None,
+        severities: list[int] | None = None,
     ):
         super().__init__()
         _require(batch_size >= 1, "batch_size", batch_size, ">= 1")
@@ -110,6 +119,14 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
                 f"data.train_per_class={train_per_class} and data.max_per_class={max_per_class} disagree: "
                 "they name the same per-class cap, give only one"
             )
+        severities = list(SEVERITIES) if severities is None else severities
+        bad = [s for s in severities if s not in SEVERITIES]
+        _require(bool(severities) and not bad and len(set(severities)) == len(severities), "severities", severities,
+                 f"distinct values in {list(SEVERITIES)}")  # fmt: skip
+        self.corruptions = corruption_names(corruptions) if corruptions is not None else []
+        if self.corruptions and image_size is not None:
+            _require(image_size >= MIN_SIDE, "image_size", image_size, f">= {MIN_SIDE} to corrupt images")
+        self.severities = sorted(severities)
         if root is not None and self.uses_root and not Path(root).expanduser().exists():
             raise FileNotFoundError(f"data.root: {root} does not exist")
         self.root = Path(root).expanduser() if root is not None else None
@@ -167,6 +184,11 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
     def val_names(self) -> list[str]:
         """One name per validation set (suffixes of the metric names); a single unnamed set here."""
         return [""]
+
+    @property
+    def shift_sets(self) -> list[str]:
+        """Names of the corrupted test sets (`<corruption>/<severity>`), served after the clean test split."""
+        return [f"{name}/{severity}" for name in self.corruptions for severity in self.severities]
 
     @property
     def max_per_class(self) -> int | None:
@@ -243,12 +265,26 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.setup()
         return self._loader(self.datasets["val"], shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test split; with `corruptions`, a list: the clean split, then one loader per `shift_sets`."""
         self.setup()
-        return self._loader(self.datasets["test"], shuffle=False)
+        clean = self._loader(self.datasets["test"], shuffle=False)
+        if not self.corruptions:
+            return clean
+        shifted = [self._loader(self.corrupted(name), shuffle=False, persistent=False) for name in self.shift_sets]
+        return [clean, *shifted]
+
+    def corrupted(self, shift_set: str) -> Dataset:
+        """The test split under one corruption (`<corruption>/<severity>` of `shift_sets`), computed once."""
+        _require(self.image_size >= MIN_SIDE, "image_size", self.image_size, f">= {MIN_SIDE} to corrupt images")
+        corruption, severity = shift_set.split("/")
+        return cached_corruption(self._split_samples("test"), corruption, int(severity),
+                                 resize_crop(self.preprocessing, self.image_size), normalize(self.preprocessing),
+                                 self.fingerprint("test"), self.num_workers)  # fmt: skip
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        self.setup()
+        return self._loader(self.datasets["test"], shuffle=False)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Un-augmented, unshuffled loader over `split` (train included), e.g. to encode features once."""

@@ -98,6 +98,10 @@ class RelabeledDataModule(L.LightningDataModule):
     def val_names(self) -> list[str]:
         return list(getattr(self.source, "val_names", [""]))
 
+    @property
+    def shift_sets(self) -> list[str]:
+        return list(getattr(self.source, "shift_sets", []))
+
     def fingerprint(self, split: str | None = None) -> str:
         fingerprint = getattr(self.source, "fingerprint", None)
         base = fingerprint(split) if fingerprint is not None else type(self.source).__name__

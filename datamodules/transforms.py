@@ -36,15 +36,24 @@ def image_transform(
     Training augmentation is the CIFAR recipe scaled to the target size (reflect-padded random crop of
     1/8 of the side, horizontal flip when the data allows it), cheap enough for 2 CPU cores.
     """
-    interpolation = InterpolationMode(preprocessing.interpolation)
-    steps: list[torch.nn.Module] = [v2.Resize(image_size, interpolation=interpolation, antialias=True)]
-    steps.append(v2.CenterCrop(image_size))
+    steps: list[torch.nn.Module] = list(resize_crop(preprocessing, image_size).transforms)
     if train and augment:
         steps.append(v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect"))
         if flip:
             steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocessing.mean, preprocessing.std)]
+    steps += normalize(preprocessing).transforms
     return v2.Compose(steps)
+
+
+def resize_crop(preprocessing: Preprocessing, image_size: int) -> v2.Compose:
+    """uint8 CHW tensor -> uint8 `image_size` x `image_size`: resize the short side, crop the centre."""
+    interpolation = InterpolationMode(preprocessing.interpolation)
+    return v2.Compose([v2.Resize(image_size, interpolation=interpolation, antialias=True), v2.CenterCrop(image_size)])
+
+
+def normalize(preprocessing: Preprocessing) -> v2.Compose:
+    """uint8 tensor -> float in [0, 1], normalised with the backbone's mean and std."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocessing.mean, preprocessing.std)])
 
 
 def simclr_transform(

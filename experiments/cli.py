@@ -239,7 +239,7 @@ class TransferCLI(LightningCLI):
         metrics = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         if self.trainer.is_global_zero:
             results = {
-                "test": metrics[0] if metrics else {},
+                "test": {name: value for per_loader in metrics for name, value in per_loader.items()},  # + shift sets
                 "best_checkpoint": best,
                 "best_score": score,
                 "fit_seconds": round(fit_seconds, 2),

@@ -28,7 +28,7 @@ from lightning_modules.frozen_base import (
     restore_frozen_base,
     strip_frozen_base,
 )
-from lightning_modules.metrics import TaskMetrics
+from lightning_modules.metrics import TaskMetrics, shift_means
 
 Batch = dict[str, Tensor]
 ParamGroup = dict[str, Any]
@@ -99,10 +99,12 @@ class TransferModule(LightningModule):
         official = metrics or (["pearson", "spearman"] if self.regression else ["acc"])
         extras = ["acc_top5"] if "acc" in official and num_classes > 5 else []
         self.val_names = val_names or [""]
+        self.shift_sets: list[str] = []  # the datamodule's corrupted test sets, tested after the clean ones
+        self.metric_spec = (official, num_classes, extras)
         # One TaskMetrics per evaluation set (attributes, not a ModuleDict: `train` is an nn.Module method).
-        self.train_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras)])
-        self.val_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras) for _ in self.val_names])
-        self.test_metrics = nn.ModuleList([TaskMetrics(official, num_classes, extras) for _ in self.val_names])
+        self.train_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec)])
+        self.val_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec) for _ in self.val_names])
+        self.test_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec) for _ in self.val_names])
         self._step_values: dict[str, tuple[Tensor, int, bool]] = {}  # this training step's, to be logged
 
     # ------------------------------------------------------------------------------------ forward
@@ -148,16 +150,38 @@ class TransferModule(LightningModule):
 
     # ------------------------------------------------------------------------------------- steps
 
-    def _suffix(self, stage: str, dataloader_idx: int) -> str:
-        name = self.val_names[dataloader_idx] if stage != "train" else ""
-        return f"_{name}" if name else ""
+    def evaluation_metrics(self) -> nn.Module:
+        """The metrics of one more evaluation set (a shift set)."""
+        return TaskMetrics(*self.metric_spec)
+
+    def on_test_start(self) -> None:
+        """Test the datamodule's corrupted sets (`shift_sets`) too, with metrics of their own."""
+        self.shift_sets = list(getattr(getattr(self.trainer, "datamodule", None), "shift_sets", []))
+        wanted = len(self.val_names) + len(self.shift_sets)
+        if len(self.test_metrics) != wanted:
+            self.test_metrics = nn.ModuleList([self.evaluation_metrics() for _ in range(wanted)]).to(self.device)
+
+    def is_shift_set(self, stage: str, index: int) -> bool:
+        return stage == "test" and index >= len(self.val_names)
+
+    def metric_name(self, stage: str, index: int, name: str) -> str:
+        """`val/acc`, `val/acc_mm` (MNLI's second set), or `test/<corruption>/<severity>/acc` (a shift set)."""
+        if self.is_shift_set(stage, index):
+            return f"{stage}/{self.shift_sets[index - len(self.val_names)]}/{name}"
+        set_name = self.val_names[index] if stage != "train" else ""
+        return f"{stage}/{name}_{set_name}" if set_name else f"{stage}/{name}"
+
+    def log_shift_means(self, stage: str, values: dict[str, dict[str, Tensor]]) -> None:
+        """Means over the shift sets' `values` (set name -> metric -> value): per corruption over its severities
+        (`test/<corruption>/acc`) and over every set (`test/corruptions/acc`, the mean corruption accuracy)."""
+        for name, value in shift_means(values).items():
+            self.log(f"{stage}/{name}", value)
 
     def _step(self, batch: Batch, stage: str, dataloader_idx: int = 0, batch_idx: int = 0) -> Tensor:
         out = self.compute_loss(batch, stage)
         size = len(batch["labels"])
         if stage == "train":  # stop before a NaN/inf reaches the weights, naming the step and the term
             check_finite_losses(out, self.global_step, self.current_epoch, batch_idx)
-        suffix = self._suffix(stage, dataloader_idx)
         for name, value in out.items():
             if name == "logits":
                 continue
@@ -165,7 +189,7 @@ class TransferModule(LightningModule):
                 self.log_step_value(f"train/{name}", value, size, prog_bar=name == "loss")
             else:
                 self.log(
-                    f"{stage}/{name}{suffix}",
+                    self.metric_name(stage, dataloader_idx, name),
                     value,
                     batch_size=size,
                     prog_bar=name == "loss",
@@ -197,16 +221,21 @@ class TransferModule(LightningModule):
     def _log_metrics(self, stage: str) -> None:
         """Compute (synchronised across ranks by torchmetrics), log and reset each set's metrics;
         `{stage}/score` is the mean over the sets."""
-        scores = []
+        scores, shifted = [], {}
         for index, metrics in enumerate(getattr(self, f"{stage}_metrics")):
             values = metrics.compute()
-            suffix = self._suffix(stage, index)
-            for name, value in values.items():
-                if name != "score" or suffix:
-                    self.log(f"{stage}/{name}{suffix}", value, prog_bar=stage == "val" and name == "score")
-            scores.append(values["score"])
             metrics.reset()
+            shift = self.is_shift_set(stage, index)
+            named = not shift and self.metric_name(stage, index, "score") != f"{stage}/score"  # MNLI's m, mm
+            for name, value in values.items():
+                if name != "score" or named:
+                    self.log(self.metric_name(stage, index, name), value, prog_bar=stage == "val" and name == "score")
+            if shift:
+                shifted[self.shift_sets[index - len(self.val_names)]] = values
+            else:
+                scores.append(values["score"])
         self.log(f"{stage}/score", torch.stack(scores).mean(), prog_bar=stage == "val")
+        self.log_shift_means(stage, shifted)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", batch_idx=batch_idx)

@@ -133,10 +133,10 @@ class Contrastive(TransferModule):
         if not linear_probe:
             self.head.requires_grad_(False)  # out of the optimizer, and no unused parameters under DDP
         num_classes = self.hparams["num_classes"]
-        names = [n for n, on in (("knn_acc", knn_k is not None), ("linear_acc", linear_probe)) if on]
+        self.accuracy_names = [n for n, on in (("knn_acc", knn_k is not None), ("linear_acc", linear_probe)) if on]
         self.train_metrics = nn.ModuleList([Accuracies(["linear_acc"] if linear_probe else [], num_classes)])
-        self.val_metrics = nn.ModuleList([Accuracies(names, num_classes) for _ in self.val_names])
-        self.test_metrics = nn.ModuleList([Accuracies(names, num_classes) for _ in self.val_names])
+        self.val_metrics = nn.ModuleList([self.evaluation_metrics() for _ in self.val_names])
+        self.test_metrics = nn.ModuleList([self.evaluation_metrics() for _ in self.val_names])
         self.bank: tuple[Tensor, Tensor] | None = None  # kNN features and labels, rebuilt every evaluation
 
     def compute_loss(self, batch: Batch, stage: str) -> dict[str, Tensor]:
@@ -176,11 +176,19 @@ class Contrastive(TransferModule):
             scores = knn_scores(features, *self.bank, num_classes, self.knn_k, self.knn_temperature)
             metrics.update(scores, labels, "knn_acc")
 
+    def evaluation_metrics(self) -> nn.Module:
+        return Accuracies(self.accuracy_names, self.hparams["num_classes"])
+
     def log_accuracies(self, stage: str) -> None:
+        shifted = {}
         for index, metrics in enumerate(getattr(self, f"{stage}_metrics")):
-            for name, value in metrics.compute().items():
-                self.log(f"{stage}/{name}{self._suffix(stage, index)}", value, prog_bar=stage == "val")
+            values = metrics.compute()
             metrics.reset()
+            for name, value in values.items():
+                self.log(self.metric_name(stage, index, name), value, prog_bar=stage == "val")
+            if self.is_shift_set(stage, index):
+                shifted[self.shift_sets[index - len(self.val_names)]] = values
+        self.log_shift_means(stage, shifted)
         self.bank = None
 
     def on_validation_epoch_start(self) -> None:

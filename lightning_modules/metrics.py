@@ -87,3 +87,18 @@ class TaskMetrics(nn.Module):
 
     def _metrics(self) -> list[tuple[str, Metric]]:
         return [(name, cast(Metric, metric)) for name, metric in self.metrics.items()]
+
+
+def shift_means(values: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Means of the shift sets' metrics. `values`: `<corruption>/<severity>` -> metric -> value. Returns
+    `<corruption>/<metric>` (over that corruption's severities) and `corruptions/<metric>` (over every set:
+    the mean corruption accuracy of Hendrycks & Dietterich for `acc`). Empty when there are no shift sets."""
+    groups: dict[str, list[dict[str, Tensor]]] = {"corruptions": list(values.values())}
+    for name, metrics in values.items():
+        groups.setdefault(name.split("/")[0], []).append(metrics)
+    means: dict[str, Tensor] = {}
+    for group, sets in groups.items():
+        for metric in sorted(set.intersection(*(set(s) for s in sets)) if sets else ()):
+            if metric != "score":
+                means[f"{group}/{metric}"] = torch.stack([s[metric].float() for s in sets]).mean()
+    return means

@@ -197,6 +197,9 @@ class MultiTask(TransferModule):
     def test_step(self, batch: MultiBatch, batch_idx: int, dataloader_idx: int = 0) -> None:  # type: ignore[override]
         self._record(batch, self.compute_loss(batch, "test"), "test", dataloader_idx)
 
+    def on_test_start(self) -> None:
+        """Each task tests on its own sets (`val_sets`); corrupted test sets are not offered per task."""
+
     def predict_step(self, batch: MultiBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:  # type: ignore[override]
         outputs = self(batch)
         return {t: o.squeeze(-1) if self.tasks[t]["num_classes"] == 1 else o.softmax(-1) for t, o in outputs.items()}
