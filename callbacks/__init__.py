@@ -9,10 +9,12 @@ from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 from callbacks.speed import Speed
+from callbacks.weight_averaging import EMAWeightAveraging
 
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointOnSigterm",
+    "EMAWeightAveraging",
     "ExactResume",
     "FitSeconds",
     "GradualUnfreezing",

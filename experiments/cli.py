@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -91,6 +91,8 @@ class TransferCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LastAlwaysModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
+        # Weight averaging (`-c experiments/configs/trainer/ema.yaml`): validation, checkpoints and test use the average
+        parser.add_lightning_class_args(WeightAveraging, "weight_averaging", subclass_mode=True, required=False)
         parser.add_lightning_class_args(RunMetadata, "run_metadata")
         parser.add_lightning_class_args(PredictionWriter, "predictions")  # acts on `predict` only
         parser.add_lightning_class_args(Speed, "speed")  # channels_last, torch.compile

@@ -1,5 +1,5 @@
-"""`transfer`: the command line. `ablate`, `merge`, `select` and `tune` are commands of their own (they build no
-Trainer); every other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
+"""`transfer`: the command line. `ablate`, `merge`, `select`, `soup`, `tune` and `wise-ft` are commands of their
+own; every other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ COMMANDS = {
     "ablate": ("experiments.ablate", "run a study (grid x seeds of `transfer fit`) into a table and plots"),
     "merge": ("experiments.merge", "fold an adapter run's adapter into a plain checkpoint (and peft's format)"),
     "select": ("experiments.select", "rank candidate pretrained models on your data by transferability scores"),
+    "soup": ("experiments.soup", "average fine-tuned checkpoints (uniform and greedy model soups), evaluated"),
     "tune": ("experiments.tune", "search hyper-parameters and strategies with Optuna, pruning bad trials early"),
+    "wise-ft": ("experiments.wise_ft", "interpolate a zero-shot/probe and a fine-tuned checkpoint, chosen on val"),
 }
 
 

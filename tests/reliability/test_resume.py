@@ -112,15 +112,16 @@ def assert_close(a, b, where: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "workers"), [("images", 0), ("images", 2), ("text", 0), ("lora", 0)])
+@pytest.mark.parametrize(("kind", "workers"), [("images", 0), ("images", 2), ("text", 0), ("lora", 0), ("ema", 0)])
 def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, kind, workers):
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir(), cut.mkdir()
     data = tuple(sst2_folder(tmp_path)) if kind == "text" else ()
-    adapter = ("--model.adapter", "peft.LoraConfig", "--model.adapter.r", "4") if kind == "lora" else ()
+    pieces = {"lora": ("--model.adapter", "peft.LoraConfig", "--model.adapter.r", "4"),
+              "ema": ("-c", str(CONFIGS / "trainer" / "ema.yaml"))}  # fmt: skip
 
     def fit(run: Path, *extra: str) -> subprocess.CompletedProcess:
-        return _fit(run, *adapter, *extra, workers=workers, data=data)
+        return _fit(run, *pieces.get(kind, ()), *extra, workers=workers, data=data)
 
     done = fit(full)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -137,12 +138,9 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, ki
     assert [r["step"] for r in before] == list(range(1, stop + 1))
     if kind == "lora":  # the trained weights and the frozen base's fingerprint, not the base
         assert "frozen_base" in interrupted and not any("base_layer" in k for k in interrupted["state_dict"])
-    else:
-        saved_sum = sum(
-            t.double().sum()
-            for k, t in interrupted["state_dict"].items()
-            if "running" not in k and "num_batches" not in k
-        )
+    else:  # with EMA, `state_dict` holds the average and `current_model_state` the trained weights
+        trained = interrupted.get("current_model_state", interrupted["state_dict"])
+        saved_sum = sum(t.double().sum() for k, t in trained.items() if "running" not in k and "num_batches" not in k)
         assert float(saved_sum) == pytest.approx(reference[stop - 1]["param_sum"], abs=1e-6)
 
     done = fit(cut, "--ckpt_path", "last")
@@ -159,6 +157,9 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, ki
     final, expected = load(cut / "checkpoints" / "last.ckpt"), load(full / "checkpoints" / "last.ckpt")
     assert final["global_step"] == expected["global_step"] == 2 * steps_per_epoch
     assert_close(final["state_dict"], expected["state_dict"], "state_dict")
+    if kind == "ema":  # the average, its count and the trained weights, all as if never interrupted
+        assert_close(final["averaging_state"], expected["averaging_state"], "averaging_state")
+        assert_close(final["current_model_state"], expected["current_model_state"], "current_model_state")
     assert_close(final["optimizer_states"], expected["optimizer_states"], "optimizer_states")
     assert_close(final["lr_schedulers"], expected["lr_schedulers"], "lr_schedulers")
 
