@@ -52,6 +52,9 @@ class TransferModule(LightningModule):
         label_smoothing: Label smoothing of the cross-entropy.
         optimizer: Optimizer class and its arguments; its `lr` is the base learning rate.
         lr_scheduler: Optional scheduler; one that takes `total_steps` gets the run's number of steps.
+        class_names: The training data's class names in label order, recorded when training starts (given
+            only by a checkpoint). A test on other data with the same class names, all of them or some, maps
+            its labels to the model's by name (cross-dataset evaluation); other names are an error.
         adapter: Parameter-efficient fine-tuning (`lightning_modules.adapters`): a peft config such as
             `peft.LoraConfig` (LoRA; DoRA with `use_dora: true`) or `peft.IA3Config`, or `BitFit`. The
             backbone is frozen except for the adapter; the head always trains. Checkpoints then hold the
@@ -72,6 +75,7 @@ class TransferModule(LightningModule):
         metrics: list[str] | None = None,
         val_names: list[str] | None = None,
         adapter: PeftConfig | BitFit | None = None,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         # Callables are not checkpoint data (and would break weights_only loading); the CLI config holds them.
@@ -100,6 +104,7 @@ class TransferModule(LightningModule):
         extras = ["acc_top5"] if "acc" in official and num_classes > 5 else []
         self.val_names = val_names or [""]
         self.shift_sets: list[str] = []  # the datamodule's corrupted test sets, tested after the clean ones
+        self.test_labels: Tensor | None = None  # test label -> model label, when the test data names its classes
         self.metric_spec = (official, num_classes, extras)
         # One TaskMetrics per evaluation set (attributes, not a ModuleDict: `train` is an nn.Module method).
         self.train_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec)])
@@ -154,9 +159,18 @@ class TransferModule(LightningModule):
         """The metrics of one more evaluation set (a shift set)."""
         return TaskMetrics(*self.metric_spec)
 
+    def on_train_start(self) -> None:
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        if names is not None:
+            self.hparams["class_names"] = list(names)  # into every checkpoint: the label space trained on
+
     def on_test_start(self) -> None:
-        """Test the datamodule's corrupted sets (`shift_sets`) too, with metrics of their own."""
-        self.shift_sets = list(getattr(getattr(self.trainer, "datamodule", None), "shift_sets", []))
+        """Map the test data's labels to the model's by class name; test the corrupted sets (`shift_sets`) too."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.test_labels = label_map(self.hparams.get("class_names"), getattr(datamodule, "class_names", None))
+        if self.test_labels is not None:
+            self.test_labels = self.test_labels.to(self.device)
+        self.shift_sets = list(getattr(datamodule, "shift_sets", []))
         wanted = len(self.val_names) + len(self.shift_sets)
         if len(self.test_metrics) != wanted:
             self.test_metrics = nn.ModuleList([self.evaluation_metrics() for _ in range(wanted)]).to(self.device)
@@ -244,6 +258,8 @@ class TransferModule(LightningModule):
         self._step(batch, "val", dataloader_idx)
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.test_labels is not None:
+            batch = {**batch, "labels": self.test_labels[batch["labels"]]}
         self._step(batch, "test", dataloader_idx)
 
     def on_train_epoch_end(self) -> None:
@@ -348,3 +364,18 @@ def _wants_total_steps(factory: Any) -> bool:
         return "total_steps" in inspect.signature(getattr(factory, "func", factory)).parameters
     except (TypeError, ValueError):
         return False
+
+
+def label_map(trained: list[str] | None, tested: list[str] | None) -> Tensor | None:
+    """Test label -> model label, for test data whose class names are some or all of those the model was
+    trained on, in another order or another datamodule; None when the names are equal or either is unknown."""
+    if trained is None or tested is None or list(trained) == list(tested):
+        return None
+    unknown = [name for name in tested if name not in trained]
+    if unknown:
+        raise ValueError(
+            f"the test data's classes {unknown[:5]} are not among the {len(trained)} classes the model was trained on "
+            f"({list(trained)[:5]}{' ...' if len(trained) > 5 else ''}): a test on other data needs its class names"
+        )
+    rank_zero_info(f"test data: {len(tested)} of the model's {len(trained)} classes, labels mapped by class name")
+    return torch.tensor([list(trained).index(name) for name in tested], dtype=torch.int64)

@@ -26,6 +26,8 @@ TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
 # Model arguments the CLI sets from the data at instantiate time (argument -> the datamodule attribute it
 # comes from): their parsed values are placeholders, not choices.
 LINKED_FROM_DATA = {"num_classes": "num_classes", "metrics": "metrics", "val_names": "val_names", "tasks": "task_specs"}
+# Model arguments a run records for itself (not choices either): the training data's class names.
+RECORDED = ("class_names",)
 
 
 def imported_subclass(class_path: object, base: type) -> bool:
@@ -102,7 +104,7 @@ def config_differences(model: Any, hparams: dict[str, Any]) -> list[tuple[str, A
         differences.append(("model.class_path", model["class_path"], stored_class))
     prefix = "model.init_args." if "class_path" in model else "model."
     for key, stored in hparams.items():
-        if key.startswith("_") or key in LINKED_FROM_DATA:
+        if key.startswith("_") or key in LINKED_FROM_DATA or key in RECORDED:
             continue
         given = init_args.get(key, MISSING)
         if _plain(stored) != given:

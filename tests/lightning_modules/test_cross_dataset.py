@@ -1,0 +1,54 @@
+"""Testing on other data with the same class names: labels mapped by name, unknown names refused."""
+
+import pytest
+import torch
+from support import quiet_trainer
+
+from datamodules import SyntheticDataModule
+from lightning_modules import FineTuning
+from lightning_modules.base import label_map
+
+
+class Renamed(SyntheticDataModule):
+    """The synthetic images with other class names (each pattern keeps its label index)."""
+
+    def __init__(self, names, **kwargs):
+        super().__init__(num_classes=len(names), **kwargs)
+        self.names = names
+
+    @property
+    def class_names(self):
+        return self.names
+
+
+def test_label_map_maps_by_name_and_refuses_unknown_names():
+    assert label_map(["a", "b", "c"], ["a", "b", "c"]) is None
+    assert label_map(None, ["a"]) is None and label_map(["a"], None) is None
+    assert label_map(["a", "b", "c"], ["c", "a"]).tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"the test data's classes \['d'\] are not among the 3 classes"):
+        label_map(["a", "b", "c"], ["a", "d"])
+
+
+def test_training_records_the_class_names_and_a_test_on_renamed_data_scores_against_the_names():
+    trained = ["cat", "dog", "emu", "fox"]
+    model = FineTuning(
+        backbone="tiny_cnn", pretrained=False, num_classes=4, optimizer=lambda p: torch.optim.Adam(p, 0.01)
+    )
+    quiet_trainer(max_epochs=4).fit(model, datamodule=Renamed(trained, num_samples=256, num_test_samples=16))
+    assert model.hparams["class_names"] == trained
+
+    other = Renamed(["fox", "emu", "dog", "cat"], num_samples=32, num_test_samples=16)  # same images, reversed
+    (metrics,) = quiet_trainer().test(model, datamodule=other, verbose=False)
+    model.eval()
+    hits, unmapped, total = 0, 0, 0
+    with torch.no_grad():
+        for batch in other.test_dataloader():
+            predicted = model(batch).argmax(-1)
+            hits += int((predicted == 3 - batch["labels"]).sum())  # data label i is named trained[3 - i]
+            unmapped += int((predicted == batch["labels"]).sum())
+            total += len(predicted)
+    assert unmapped / total > 0.5  # the model tells the patterns apart: the names decide what counts as right
+    assert metrics["test/acc"] == pytest.approx(hits / total)
+
+    with pytest.raises(ValueError, match=r"the test data's classes \['gnu'\] are not among"):
+        quiet_trainer().test(model, datamodule=Renamed(["cat", "gnu"], num_samples=8, num_test_samples=4))
