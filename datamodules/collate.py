@@ -16,7 +16,8 @@ from datamodules.samplers import Resumable
 
 
 class PadCollator:
-    """Pads `{"input_ids", ["token_type_ids"], "labels", "index"}` items into one batch dict.
+    """Pads `{"input_ids", ["token_type_ids"], "labels", "index"}` items into one batch dict (and the
+    `pair_` fields of sentence pairs encoded apart).
 
     Args:
         pad_token_id: The tokenizer's padding id.
@@ -36,24 +37,31 @@ class PadCollator:
         self.padding_side = padding_side
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        lengths = [len(item["input_ids"]) for item in items]
+        batch = self.pad(items, "")
+        if "pair_input_ids" in items[0]:  # sentence pairs encoded apart (a bi-encoder): the second sentences
+            batch |= self.pad(items, "pair_")
+        batch["labels"] = torch.stack([item["labels"] for item in items])
+        batch["index"] = torch.stack([item["index"] for item in items])
+        return batch
+
+    def pad(self, items: list[dict[str, torch.Tensor]], prefix: str) -> dict[str, torch.Tensor]:
+        """`{prefix}input_ids`, `{prefix}attention_mask` (and `{prefix}token_type_ids`) of the items, padded."""
+        lengths = [len(item[f"{prefix}input_ids"]) for item in items]
         width = max(lengths, default=0) if self.pad_to is None else max(self.pad_to, *lengths)
         shape = (len(items), width)
         input_ids = torch.full(shape, self.pad_token_id, dtype=torch.int64)
         attention_mask = torch.zeros(shape, dtype=torch.int64)
-        with_types = "token_type_ids" in items[0]
+        with_types = f"{prefix}token_type_ids" in items[0]
         token_type_ids = torch.full(shape, self.pad_token_type_id, dtype=torch.int64) if with_types else None
         for row, (item, n) in enumerate(zip(items, lengths, strict=True)):
             cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
-            input_ids[row, cols] = item["input_ids"]
+            input_ids[row, cols] = item[f"{prefix}input_ids"]
             attention_mask[row, cols] = 1
             if token_type_ids is not None:
-                token_type_ids[row, cols] = item["token_type_ids"]
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+                token_type_ids[row, cols] = item[f"{prefix}token_type_ids"]
+        batch = {f"{prefix}input_ids": input_ids, f"{prefix}attention_mask": attention_mask}
         if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
-        batch["labels"] = torch.stack([item["labels"] for item in items])
-        batch["index"] = torch.stack([item["index"] for item in items])
+            batch[f"{prefix}token_type_ids"] = token_type_ids
         return batch
 
 

@@ -81,6 +81,8 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
         preprocessing: The backbone's input contract; its `tokenizer` (a name or local folder, linked from
             `model.backbone`) tokenizes the text.
         max_length: Tokens per sequence after truncation (pairs are truncated longest-first).
+        separate_pairs: Tokenize the two sentences of a pair apart, for a bi-encoder (`model.pair_head`):
+            batches then hold the second sentences as `pair_input_ids` / `pair_attention_mask`.
         pad_to_max_length: Pad every batch to `max_length` instead of to its longest sequence.
         batch_size: Rows per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
@@ -107,6 +109,7 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
         metrics: list[str] | None = None,
         preprocessing: Preprocessing | None = None,
         max_length: int = 128,
+        separate_pairs: bool = False,
         pad_to_max_length: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -118,6 +121,8 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
         super().__init__()
         _require(len(text_columns) in (1, 2), "text_columns", list(text_columns), "one or two column names")
         _require(max_length >= 8, "max_length", max_length, ">= 8")
+        _require(not separate_pairs or len(text_columns) == 2, "separate_pairs", separate_pairs,
+                 f"false for single sentences (text_columns {list(text_columns)})")  # fmt: skip
         _require(batch_size >= 1, "batch_size", batch_size, ">= 1")
         _require(num_workers >= 0, "num_workers", num_workers, ">= 0")
         _require(seed >= 0, "seed", seed, ">= 0")
@@ -153,6 +158,7 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
         self.preprocessing = preprocessing
         self.tokenizer_name = str(preprocessing.tokenizer)
         self.max_length = max_length
+        self.separate_pairs = separate_pairs
         self.pad_to_max_length = pad_to_max_length
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -308,11 +314,15 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
         return self._tokenizer_identity
 
     def _tokenized(self, rows: TextRows, split: str) -> TokenizedDataset:
-        key = cache_key(self.tokenizer_identity, self.max_length, rows.fingerprint())
-        path = self.cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', self.data_name)}-{split}-{key[:24]}.pt"
-        encoded = tokenize_cached(self.tokenizer, rows.texts, self.max_length, path)
+        texts = [[column] for column in rows.texts] if self.separate_pairs else [rows.texts]
+        encoded = []
+        for part, columns in enumerate(texts):  # a pair encoded apart: each sentence on its own
+            rows_key = rows.fingerprint() + (f"|part{part}" if len(texts) > 1 else "")
+            key = cache_key(self.tokenizer_identity, self.max_length, rows_key)
+            path = self.cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', self.data_name)}-{split}-{key[:24]}.pt"
+            encoded.append(tokenize_cached(self.tokenizer, columns, self.max_length, path))
         index = rows.index if rows.index is not None else torch.arange(len(rows))
-        return TokenizedDataset(encoded, rows.labels, index)
+        return TokenizedDataset(encoded[0], rows.labels, index, pair=encoded[1] if len(encoded) > 1 else None)
 
     def split_datasets(self, split: str) -> list[TokenizedDataset]:
         """Tokenized datasets of `split` (one per validation set), from the cache when it has them."""
@@ -441,6 +451,8 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
                 "regression": self.regression,
                 "num_rows": [len(r) for r in rows],
             }
+            if self.separate_pairs:  # other inputs, other features
+                params["separate_pairs"] = True
             digest = hashlib.sha256(FINGERPRINT_VERSION.encode())
             digest.update(json.dumps(params, sort_keys=True).encode())
             for part in rows:

@@ -128,12 +128,20 @@ def tokenize_cached(tokenizer: Any, texts: list[list[str]], max_length: int, pat
 
 
 class TokenizedDataset(Dataset):
-    """Unpadded token ids of one split; items are `{"input_ids", ["token_type_ids"], "labels", "index"}`."""
+    """Unpadded token ids of one split; items are `{"input_ids", ["token_type_ids"], "labels", "index"}`.
 
-    def __init__(self, encoded: dict[str, torch.Tensor], labels: torch.Tensor, index: torch.Tensor):
-        self.input_ids = encoded["input_ids"]
-        self.offsets = encoded["offsets"].tolist()
-        self.token_type_ids = encoded.get("token_type_ids")
+    With `pair` (the second sentences, tokenized apart: a bi-encoder's input), items also hold
+    `pair_input_ids` (and `pair_token_type_ids`)."""
+
+    def __init__(
+        self,
+        encoded: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        index: torch.Tensor,
+        pair: dict[str, torch.Tensor] | None = None,
+    ):
+        self.parts = {"": encoded} if pair is None else {"": encoded, "pair_": pair}
+        self.offsets = {prefix: part["offsets"].tolist() for prefix, part in self.parts.items()}
         self.labels = labels
         self.index = index
 
@@ -142,12 +150,14 @@ class TokenizedDataset(Dataset):
 
     @property
     def lengths(self) -> torch.Tensor:
-        offsets = torch.tensor(self.offsets)
-        return offsets[1:] - offsets[:-1]
+        """Tokens per row (both sentences of a pair encoded apart)."""
+        return sum(part["offsets"][1:] - part["offsets"][:-1] for part in self.parts.values())  # type: ignore[return-value]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        start, end = self.offsets[i], self.offsets[i + 1]
-        item = {"input_ids": self.input_ids[start:end].long(), "labels": self.labels[i], "index": self.index[i]}
-        if self.token_type_ids is not None:
-            item["token_type_ids"] = self.token_type_ids[start:end].long()
+        item = {"labels": self.labels[i], "index": self.index[i]}
+        for prefix, part in self.parts.items():
+            start, end = self.offsets[prefix][i], self.offsets[prefix][i + 1]
+            item[f"{prefix}input_ids"] = part["input_ids"][start:end].long()
+            if "token_type_ids" in part:
+                item[f"{prefix}token_type_ids"] = part["token_type_ids"][start:end].long()
         return item

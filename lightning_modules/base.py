@@ -6,6 +6,7 @@ from cross-entropy, how the loss is computed (`compute_loss`). Everything else l
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -29,6 +30,7 @@ from lightning_modules.frozen_base import (
     strip_frozen_base,
 )
 from lightning_modules.metrics import TaskMetrics, shift_means
+from lightning_modules.pair_heads import PairHead, init_cosine_head, pair_features, pair_width, second_sentences
 
 Batch = dict[str, Tensor]
 ParamGroup = dict[str, Any]
@@ -52,6 +54,11 @@ class TransferModule(LightningModule):
         label_smoothing: Label smoothing of the cross-entropy.
         optimizer: Optimizer class and its arguments; its `lr` is the base learning rate.
         lr_scheduler: Optional scheduler; one that takes `total_steps` gets the run's number of steps.
+        pair_head: Sentence pairs as a bi-encoder (`lightning_modules.pair_heads`, with
+            `data.separate_pairs: true`): each sentence encoded alone, the head on their `cosine` or on
+            `concat` ([u, v, |u-v|, u*v]); None: the pair as one input (a cross-encoder).
+        pair_scale: Initial slope of the `cosine` head for regression: predictions start at
+            `pair_scale * cos` (5 for STS-B's 0-5 scores).
         class_names: The training data's class names in label order, recorded when training starts (given
             only by a checkpoint). A test on other data with the same class names, all of them or some, maps
             its labels to the model's by name (cross-dataset evaluation); other names are an error.
@@ -75,6 +82,8 @@ class TransferModule(LightningModule):
         metrics: list[str] | None = None,
         val_names: list[str] | None = None,
         adapter: PeftConfig | BitFit | None = None,
+        pair_head: PairHead | None = None,
+        pair_scale: float = 5.0,
         class_names: list[str] | None = None,
     ):
         super().__init__()
@@ -95,7 +104,10 @@ class TransferModule(LightningModule):
             attach_adapter(self.backbone, adapter)
             if not isinstance(self.hparams["adapter"], dict):  # outside the CLI: keep checkpoints plain data
                 self.hparams["adapter"] = adapter_config(adapter)
-        head = nn.Linear(self.backbone.num_features, num_classes)
+        self.pair_head = pair_head
+        head = nn.Linear(pair_width(self.backbone.num_features, pair_head), num_classes)
+        if pair_head == "cosine" and num_classes == 1:
+            init_cosine_head(head, pair_scale)
         self.head = nn.Sequential(nn.Dropout(head_dropout), head) if head_dropout > 0 else head
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -121,10 +133,15 @@ class TransferModule(LightningModule):
         if "features" in batch:  # precomputed by the feature cache
             return batch["features"]
         inputs = batch.get("pixel_values", batch)  # text backbones take the whole tokenized dict
-        if self.backbone_is_frozen():
-            with torch.no_grad():
+        with torch.no_grad() if self.backbone_is_frozen() else contextlib.nullcontext():
+            if ("pair_input_ids" in batch) != (self.pair_head is not None):
+                raise ValueError(
+                    f"model.pair_head={self.pair_head} needs data.separate_pairs="
+                    f"{str(self.pair_head is not None).lower()}: a bi-encoder takes the two sentences apart"
+                )
+            if self.pair_head is None:
                 return self.backbone(inputs)
-        return self.backbone(inputs)
+            return pair_features(self.backbone(inputs), self.backbone(second_sentences(batch)), self.pair_head)
 
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.features(batch))

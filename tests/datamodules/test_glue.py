@@ -276,7 +276,7 @@ def test_second_instance_reads_the_tokenization_cache(tmp_path, tokenizer_calls)
     assert len(tokenizer_calls) == 2  # nothing tokenized again
     for split in ("train", "val"):
         a, b = first.split_datasets(split)[0], second.split_datasets(split)[0]
-        assert torch.equal(a.input_ids, b.input_ids) and a.offsets == b.offsets
+        assert torch.equal(a.parts[""]["input_ids"], b.parts[""]["input_ids"]) and a.offsets == b.offsets
 
     glue("mrpc", tmp_path, max_length=32).setup("fit")
     assert len(tokenizer_calls) == 4  # another max_length is another cache entry
