@@ -108,6 +108,8 @@ class Contrastive(TransferModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if self.pair_head is not None:
+            raise ValueError("model.pair_head: Contrastive takes sentence pairs as one input (a cross-encoder)")
         if method not in LOSSES:
             raise ValueError(f"model.method must be one of {sorted(LOSSES)}, got {method!r}")
         if temperature <= 0 or knn_temperature <= 0:

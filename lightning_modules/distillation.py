@@ -68,6 +68,8 @@ class Distillation(TransferModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if self.pair_head is not None:
+            raise ValueError("model.pair_head: Distillation takes sentence pairs as one input (a cross-encoder)")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"model.alpha must be in [0, 1], got {alpha}")
         if temperature <= 0:

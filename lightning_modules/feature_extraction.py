@@ -31,6 +31,8 @@ class FeatureExtraction(TransferModule):
         super().__init__(**kwargs)
         if self.adapter is not None:
             raise ValueError("model.adapter: FeatureExtraction trains no backbone weights; use FineTuning with it")
+        if cache_features and self.pair_head is not None:
+            raise ValueError("model.cache_features caches one embedding per row: not with model.pair_head")
         self.backbone.requires_grad_(False)
         self.cache_features = cache_features
         self.feature_cache_dir = feature_cache_dir

@@ -62,6 +62,8 @@ class MultiTask(TransferModule):
 
     def __init__(self, tasks: dict[str, TaskSpec] | None = None, weighting: LossWeighting | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        if self.pair_head is not None:
+            raise ValueError("model.pair_head: MultiTask takes sentence pairs as one input (a cross-encoder)")
         if not tasks:
             raise ValueError(
                 "model.tasks is empty: MultiTask learns the tasks of a MultiTaskDataModule (data.tasks), whose "

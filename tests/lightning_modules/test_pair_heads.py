@@ -81,3 +81,11 @@ def test_the_shipped_bi_encoder_piece_trains_a_sentence_pair_task(tmp_path, monk
                     "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert cli.model.pair_head == "cosine" and cli.model.head.in_features == 1
     assert cli.datamodule.separate_pairs and "val/spearman" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("strategy", ["MultiTask", "Contrastive", "Distillation"])
+def test_strategies_without_bi_encoders_refuse_a_pair_head(strategy):
+    import lightning_modules
+
+    with pytest.raises(ValueError, match=rf"model.pair_head: {strategy} takes sentence pairs as one input"):
+        getattr(lightning_modules, strategy)(backbone="tiny_bert", pretrained=False, pair_head="cosine")
