@@ -1,0 +1,1 @@
+"""Reference scripts that the framework is measured against (no framework inside them)."""
