@@ -4,22 +4,17 @@ import json
 
 import pytest
 import torch
+from support import TINY_RUN
 
 from experiments.cli import CONFIGS, cli_main
 from lightning_modules import FineTuning
 
-RUN = [
-    "--model", "FineTuning", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
-    "--data", "SyntheticDataModule", "--data.num_samples", "64", "--data.batch_size", "8",
-    "-c", str(CONFIGS / "trainer" / "cpu.yaml"), "-c", str(CONFIGS / "logger" / "csv.yaml"),
-    "--trainer.enable_progress_bar", "false", "--seed_everything", "3",
-]  # fmt: skip
 EMA = ["-c", str(CONFIGS / "trainer" / "ema.yaml")]
 
 
 def test_the_test_after_fit_measures_the_averaged_weights_the_checkpoint_holds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(["fit", *RUN, *EMA, "--trainer.max_epochs", "2", "--checkpoint.dirpath", "ck",
+    cli = cli_main(["fit", *TINY_RUN, *EMA, "--trainer.max_epochs", "2", "--checkpoint.dirpath", "ck",
                     "--test_after_fit", "true"])  # fmt: skip
     results = json.loads((tmp_path / "runs" / "csv" / "version_0" / "results.json").read_text())
     best = torch.load(results["best_checkpoint"], weights_only=True)

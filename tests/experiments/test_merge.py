@@ -2,18 +2,13 @@
 
 import pytest
 import torch
+from support import TINY_RUN
 
-from experiments.cli import CONFIGS, cli_main
+from experiments.cli import cli_main
 from experiments.merge import main as merge
 from lightning_modules import FineTuning
 from lightning_modules.frozen_base import FROZEN_BASE
 
-RUN = [
-    "--model", "FineTuning", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
-    "--data", "SyntheticDataModule", "--data.num_samples", "64", "--data.batch_size", "8",
-    "-c", str(CONFIGS / "trainer" / "cpu.yaml"), "-c", str(CONFIGS / "logger" / "csv.yaml"),
-    "--trainer.enable_progress_bar", "false", "--seed_everything", "3",
-]  # fmt: skip
 LORA = ["--model.adapter", "peft.LoraConfig", "--model.adapter.r", "4", "--model.adapter.lora_alpha", "8"]
 
 
@@ -24,12 +19,12 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def metrics_of(ckpt_path: str) -> dict[str, float]:
-    cli = cli_main(["test", *RUN, "--ckpt_path", ckpt_path])
+    cli = cli_main(["test", *TINY_RUN, "--ckpt_path", ckpt_path])
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
 
 
 def test_a_merged_checkpoint_tests_like_the_adapter_run_and_loads_as_plain_weights(in_tmp, capsys):
-    cli_main(["fit", *RUN, *LORA, "--trainer.max_epochs", "2", "--checkpoint.dirpath", "checkpoints"])
+    cli_main(["fit", *TINY_RUN, *LORA, "--trainer.max_epochs", "2", "--checkpoint.dirpath", "checkpoints"])
     last = in_tmp / "checkpoints" / "last.ckpt"
     unmerged = metrics_of(str(last))
 
@@ -51,12 +46,12 @@ def test_a_merged_checkpoint_tests_like_the_adapter_run_and_loads_as_plain_weigh
 
 
 def test_merge_refuses_a_base_that_is_not_the_one_trained_on_and_a_plain_checkpoint(in_tmp, capsys):
-    cli_main(["fit", *RUN, *LORA, "--trainer.max_epochs", "1", "--checkpoint.dirpath", "checkpoints"])
+    cli_main(["fit", *TINY_RUN, *LORA, "--trainer.max_epochs", "1", "--checkpoint.dirpath", "checkpoints"])
     with pytest.raises(SystemExit) as raised:
         merge(["checkpoints/last.ckpt", "--seed", "4"])  # another seed: another random base
     assert raised.value.code == 2
     assert "another frozen base: tiny_cnn (random init" in capsys.readouterr().err
-    cli_main(["fit", *RUN, "--trainer.max_epochs", "1", "--checkpoint.dirpath", "plain"])
+    cli_main(["fit", *TINY_RUN, "--trainer.max_epochs", "1", "--checkpoint.dirpath", "plain"])
     with pytest.raises(SystemExit):
         merge(["plain/last.ckpt"])
     assert "is not an adapter run's checkpoint" in capsys.readouterr().err

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from lightning import Callback, Trainer
 
+from experiments.cli import CONFIGS
+
 GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
 # CLI overrides that run a GLUE config on the fixtures with a tiny random encoder.
 TINY_GLUE = [
@@ -14,6 +16,15 @@ TINY_GLUE = [
     "--data.init_args.root",
     str(GLUE_FIXTURES),
 ]
+
+
+# `transfer fit` arguments of a tiny CNN on synthetic images, on the CPU, logged to CSV (seed 3).
+TINY_RUN = [
+    "--model", "FineTuning", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
+    "--data", "SyntheticDataModule", "--data.num_samples", "64", "--data.batch_size", "8",
+    "-c", str(CONFIGS / "trainer" / "cpu.yaml"), "-c", str(CONFIGS / "logger" / "csv.yaml"),
+    "--trainer.enable_progress_bar", "false", "--seed_everything", "3",
+]  # fmt: skip
 
 
 def quiet_trainer(*callbacks: Callback, **kwargs) -> Trainer:
