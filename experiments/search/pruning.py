@@ -3,7 +3,8 @@
 `transfer tune` adds it to the first seed's run of every trial (`--trainer.callbacks+=...`), never a config.
 It reaches the trial through the shared storage; when Optuna's pruner says stop, the run stops training
 cleanly (it still tests its best checkpoint and writes its results) and leaves `pruned.json` in its folder,
-which the search reads as "pruned at epoch N". A resumed run first re-reports the epochs it already has.
+which the search reads as "pruned at epoch N"; at its last epoch a run is never pruned (nothing is left to
+save). A resumed run first re-reports the epochs it already has.
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ class TrialPruning(PyTorchLightningPruningCallback):
                     self._trial.report(row[self.monitor], step=row["epoch"])
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # At the run's last epoch the compute is spent: its value is reported and the trial completes (a trial
+        # pruned there would count as pruned, its full result lost to the choice of the best trial).
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= pl_module.current_epoch + 1
         try:
             super().on_validation_end(trainer, pl_module)
         except optuna.TrialPruned as pruned:
-            trainer.should_stop = True
-            self._mark(pl_module.current_epoch, str(pruned))
+            if not last:
+                trainer.should_stop = True
+                self._mark(pl_module.current_epoch, str(pruned))
             return
-        if self.is_ddp_backend and trainer.should_stop and trainer.is_global_zero:
+        if self.is_ddp_backend and trainer.should_stop and trainer.is_global_zero and not last:
             attrs = self._trial.storage.get_trial_system_attrs(self._trial._trial_id)
             if attrs.get("ddp_pl:pruned"):
                 self._mark(pl_module.current_epoch, f"Trial was pruned at epoch {pl_module.current_epoch}.")

@@ -136,6 +136,11 @@ def test_a_run_reports_each_epoch_and_stops_cleanly_when_its_trial_is_pruned(tmp
     assert json.loads((tmp_path / "run" / PRUNED).read_text())["message"].startswith("Trial was pruned at epoch 0")
     assert list(study.get_trials()[-1].intermediate_values) == [0]
 
+    last = study.ask()  # as far behind, but its first epoch is its last: reported, and it completes
+    trainer = fit_with_pruning(tmp_path / "last", storage, study, last._trial_id, pruner, epochs=1)
+    assert trainer.current_epoch == 1 and pruned_at(tmp_path / "last" / "run") is None
+    assert list(study.get_trials()[-1].intermediate_values) == [0]
+
 
 def test_interrupted_trials_are_continued_once_with_the_same_values():
     study = optuna.create_study()
