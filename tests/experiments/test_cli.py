@@ -17,6 +17,7 @@ STACKED = {  # pieces that stack on experiment files -> the files to check them 
     CONFIGS / "glue" / "feature_extraction.yaml": GLUE_TASK_FILES,
     CONFIGS / "glue" / "lora.yaml": GLUE_TASK_FILES,
     CONFIGS / "glue" / "bitfit.yaml": GLUE_TASK_FILES,
+    CONFIGS / "glue" / "bi_encoder.yaml": GLUE_TASK_FILES,
     CONFIGS / "cifar10" / "lora.yaml": [CONFIGS / "cifar10" / "fine_tuning.yaml"],
 }
 EXPERIMENTS = sorted(
@@ -142,13 +143,16 @@ def check_multi_task(cli) -> None:
 
 
 @pytest.mark.parametrize("piece", STACKED, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_stacked_pieces_change_the_strategy_of_every_experiment(piece, in_tmp):
+def test_stacked_pieces_change_the_strategy_or_the_input_of_every_experiment(piece, in_tmp):
     for experiment in STACKED[piece]:
         cli = instantiate(experiment, in_tmp, "-c", str(piece))
         if experiment.parent.name == "glue":
             assert cli.datamodule.task == experiment.stem
         if piece.stem == "feature_extraction":
             assert type(cli.model).__name__ == "FeatureExtraction" and cli.model.backbone_is_frozen()
+            continue
+        if piece.stem == "bi_encoder":
+            assert cli.model.pair_head == "cosine" and cli.datamodule.separate_pairs and cli.model.head.in_features == 1
             continue
         assert type(cli.model).__name__ == "FineTuning" and cli.model.adapter is not None
         trained = sum(p.numel() for p in cli.model.backbone.parameters() if p.requires_grad)
