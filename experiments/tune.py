@@ -28,8 +28,11 @@ import yaml
 from rich.console import Console
 
 from experiments.ablate import EXECUTORS, _key_value, sigterm_as_interrupt
+from experiments.ablation.report import shown
 from experiments.ablation.study import StudyError
 from experiments.search.space import Search, load_search
+
+DEFAULT_PROGRAM = f"{shlex.quote(sys.executable)} -m experiments.cli"  # as `transfer ablate`'s default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retries", type=int, default=1, help="tries after a failed one, per run")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="stop a run's try that runs longer")
     parser.add_argument("--no-final", action="store_true", help="search only: no best config, re-runs or report")
-    parser.add_argument("--program", default=f"{shlex.quote(sys.executable)} -m experiments.cli",
+    parser.add_argument("--program", default=DEFAULT_PROGRAM,
                         help="the command that runs `transfer` (default: this Python -m experiments.cli)")  # fmt: skip
     return parser
 
@@ -165,7 +168,9 @@ def finish(search: Search, options: argparse.Namespace, out: Path, storage_url: 
         console.print(f"best: trial {best.number}, {search.metric} {best.value:.4f}; config {config}")
         if search.final_seeds:
             file = final_study(search, best, out / "final_study.yaml")
-            args = [str(file), "--out", str(out), "--results", str(results / "final"), "--program", options.program]
+            # Paths as the project sees them: the final report quotes this command.
+            args = [shown(file), "--out", shown(out), "--results", shown(results / "final")]
+            args += ["--program", options.program] if options.program != DEFAULT_PROGRAM else []
             args += [a for key, value in options.sets for a in ("--set", f"{key}={value}")]
             ablate.main(args)
             final = results / "final" / "results.md"
