@@ -124,8 +124,6 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         _require(bool(severities) and not bad and len(set(severities)) == len(severities), "severities", severities,
                  f"distinct values in {list(SEVERITIES)}")  # fmt: skip
         self.corruptions = corruption_names(corruptions) if corruptions is not None else []
-        if self.corruptions and image_size is not None:
-            _require(image_size >= MIN_SIDE, "image_size", image_size, f">= {MIN_SIDE} to corrupt images")
         self.severities = sorted(severities)
         if root is not None and self.uses_root and not Path(root).expanduser().exists():
             raise FileNotFoundError(f"data.root: {root} does not exist")
@@ -138,6 +136,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.views = views
         self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing
         self.image_size = image_size if image_size is not None else self.preprocessing.image_size
+        if self.corruptions:
+            _require(self.image_size >= MIN_SIDE, "image_size", self.image_size, f">= {MIN_SIDE} to corrupt images")
         self.train_per_class = train_per_class if train_per_class is not None else max_per_class
         self.test_per_class = test_per_class
         self.in_memory = in_memory
@@ -276,7 +276,6 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
 
     def corrupted(self, shift_set: str) -> Dataset:
         """The test split under one corruption (`<corruption>/<severity>` of `shift_sets`), computed once."""
-        _require(self.image_size >= MIN_SIDE, "image_size", self.image_size, f">= {MIN_SIDE} to corrupt images")
         corruption, severity = shift_set.split("/")
         return cached_corruption(self._split_samples("test"), corruption, int(severity),
                                  resize_crop(self.preprocessing, self.image_size), normalize(self.preprocessing),

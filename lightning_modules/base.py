@@ -192,13 +192,16 @@ class TransferModule(LightningModule):
         if len(self.test_metrics) != wanted:
             self.test_metrics = nn.ModuleList([self.evaluation_metrics() for _ in range(wanted)]).to(self.device)
 
-    def is_shift_set(self, stage: str, index: int) -> bool:
-        return stage == "test" and index >= len(self.val_names)
+    def shift_set(self, stage: str, index: int) -> str | None:
+        """The name of evaluation set `index` when it is a shift set (tested after the val-like sets), else None."""
+        shifted = index - len(self.val_names)
+        return self.shift_sets[shifted] if stage == "test" and shifted >= 0 else None
 
     def metric_name(self, stage: str, index: int, name: str) -> str:
         """`val/acc`, `val/acc_mm` (MNLI's second set), or `test/<corruption>/<severity>/acc` (a shift set)."""
-        if self.is_shift_set(stage, index):
-            return f"{stage}/{self.shift_sets[index - len(self.val_names)]}/{name}"
+        shift = self.shift_set(stage, index)
+        if shift is not None:
+            return f"{stage}/{shift}/{name}"
         set_name = self.val_names[index] if stage != "train" else ""
         return f"{stage}/{name}_{set_name}" if set_name else f"{stage}/{name}"
 
@@ -256,13 +259,13 @@ class TransferModule(LightningModule):
         for index, metrics in enumerate(getattr(self, f"{stage}_metrics")):
             values = metrics.compute()
             metrics.reset()
-            shift = self.is_shift_set(stage, index)
-            named = not shift and self.metric_name(stage, index, "score") != f"{stage}/score"  # MNLI's m, mm
+            shift = self.shift_set(stage, index)
+            named = shift is None and self.metric_name(stage, index, "score") != f"{stage}/score"  # MNLI's m, mm
             for name, value in values.items():
                 if name != "score" or named:
                     self.log(self.metric_name(stage, index, name), value, prog_bar=stage == "val" and name == "score")
-            if shift:
-                shifted[self.shift_sets[index - len(self.val_names)]] = values
+            if shift is not None:
+                shifted[shift] = values
             else:
                 scores.append(values["score"])
         self.log(f"{stage}/score", torch.stack(scores).mean(), prog_bar=stage == "val")

@@ -188,8 +188,9 @@ class Contrastive(TransferModule):
             metrics.reset()
             for name, value in values.items():
                 self.log(self.metric_name(stage, index, name), value, prog_bar=stage == "val")
-            if self.is_shift_set(stage, index):
-                shifted[self.shift_sets[index - len(self.val_names)]] = values
+            shift = self.shift_set(stage, index)
+            if shift is not None:
+                shifted[shift] = values
         self.log_shift_means(stage, shifted)
         self.bank = None
 
