@@ -51,6 +51,9 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         val_fraction: Fraction of the (capped) training pool held out, stratified, for validation.
         seed: Data seed for the per-class cap and the validation split (independent of the training seed).
         augment: Random crop (and flip where the data allows it) on the training split.
+        crop_scale: Training crops as `RandomResizedCrop` of `crop_scale` to all of the image's area (the
+            ImageNet recipe; 0.08 there, 0.35 is common for fine-tuning); None: the CIFAR recipe's
+            reflect-padded random crop of 1/8 of the side.
         views: Augmented views per training image. 2 or more (contrastive pretraining) makes the training
             split yield `pixel_values` [views, C, H, W] per image, each view drawn with the SimCLR recipe
             (`simclr_transform`), and drops an incomplete last batch; validation, test and feature
@@ -85,6 +88,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augment: bool = True,
+        crop_scale: float | None = None,
         views: int = 1,
         image_size: int | None = None,
         preprocessing: Preprocessing | None = None,
@@ -102,6 +106,9 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         _require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "in (0, 1)")
         _require(seed >= 0, "seed", seed, ">= 0")
         _require(views >= 1, "views", views, ">= 1")
+        _require(crop_scale is None or 0.0 < crop_scale <= 1.0, "crop_scale", crop_scale, "in (0, 1] or null")
+        _require(crop_scale is None or not batched_augmentation, "crop_scale", crop_scale,
+                 "null with data.batched_augmentation=true (batched augmentation crops the CIFAR way)")  # fmt: skip
         _require(augment or views == 1, "views", views, "1 with data.augment=false (identical views teach nothing)")
         _require(image_size is None or image_size >= 1, "image_size", image_size, ">= 1 or null")
         _require(
@@ -133,6 +140,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.augment = augment
+        self.crop_scale = crop_scale
         self.views = views
         self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing
         self.image_size = image_size if image_size is not None else self.preprocessing.image_size
@@ -197,7 +205,8 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
     def transform(self, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
         if train and self.views > 1:
             return MultiView(simclr_transform(self.preprocessing, self.image_size, flip=self.flip), self.views)
-        return image_transform(self.preprocessing, self.image_size, train=train, augment=self.augment, flip=self.flip)
+        return image_transform(self.preprocessing, self.image_size, train=train, augment=self.augment, flip=self.flip,
+                               crop_scale=self.crop_scale)  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

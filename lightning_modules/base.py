@@ -124,6 +124,13 @@ class TransferModule(LightningModule):
         self.test_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec) for _ in self.val_names])
         self._step_values: dict[str, tuple[Tensor, int, bool]] = {}  # this training step's, to be logged
 
+    @property
+    def linear_head(self) -> nn.Linear:
+        """The head's linear layer (behind its dropout, if any)."""
+        head = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
+        assert isinstance(head, nn.Linear)
+        return head
+
     # ------------------------------------------------------------------------------------ forward
 
     def backbone_is_frozen(self) -> bool:

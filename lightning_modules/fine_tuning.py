@@ -38,7 +38,9 @@ class FineTuning(TransferModule):
         head_init: `linear_probe` fits the head on the frozen backbone's features of the un-augmented
             training set before fine-tuning starts (LP-FT, Kumar et al., ICLR 2022); `imagenet_rows`
             copies the pretrained ImageNet classifier's rows for the data's classes (an ImageNet subset,
-            see `lightning_modules.imagenet_head`); `random` does neither.
+            see `lightning_modules.imagenet_head`); `zero` starts the head at zero (every class equally likely,
+            so the first steps train the head before its error reaches the backbone); `random` is PyTorch's
+            default initialisation.
         probe_l2: L2 penalty of that linear probe.
         feature_cache_dir: Where the probe's features persist between runs; None keeps them in memory.
     """
@@ -49,7 +51,7 @@ class FineTuning(TransferModule):
         head_lr: float | None = None,
         lr_decay: float = 1.0,
         bn_policy: Literal["train", "eval", "freeze"] | None = None,
-        head_init: Literal["random", "linear_probe", "imagenet_rows"] = "random",
+        head_init: Literal["random", "zero", "linear_probe", "imagenet_rows"] = "random",
         probe_l2: float = 1e-3,
         feature_cache_dir: str | None = None,
         **kwargs: Any,
@@ -79,6 +81,9 @@ class FineTuning(TransferModule):
         if head_init == "imagenet_rows":
             check_imagenet_rows(self, "model.head_init=imagenet_rows")
         self.head_init = head_init
+        if head_init == "zero":
+            nn.init.zeros_(self.linear_head.weight)
+            nn.init.zeros_(self.linear_head.bias)
         self.probe_l2 = probe_l2
         self.feature_cache_dir = feature_cache_dir
         self.train()
@@ -106,9 +111,7 @@ class FineTuning(TransferModule):
                 )
             loader, labels = datamodule.feature_source("train")
             encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
-            linear = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
-            assert isinstance(linear, nn.Linear)
-            accuracy = fit_linear_probe(linear, encoder("train", loader), labels, l2=self.probe_l2)
+            accuracy = fit_linear_probe(self.linear_head, encoder("train", loader), labels, l2=self.probe_l2)
             rank_zero_info(f"LP-FT: linear probe fitted on frozen features, train accuracy {accuracy:.3f}")
 
     def param_groups(self) -> list[ParamGroup]:

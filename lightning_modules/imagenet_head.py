@@ -46,8 +46,7 @@ def copy_imagenet_rows(module: Any, key: str) -> None:
     """Write the pretrained classifier's rows (and biases) for the datamodule's classes into `module.head`."""
     indices = imagenet_indices_of(module.trainer.datamodule, key)
     source: nn.Linear = module.backbone.pretrained_head()
-    linear = module.head[-1] if isinstance(module.head, nn.Sequential) else module.head
-    assert isinstance(linear, nn.Linear)
+    linear: nn.Linear = module.linear_head
     if len(indices) != linear.out_features:
         raise ValueError(
             f"{key}: the datamodule gives {len(indices)} ImageNet indices for a {linear.out_features}-way head"

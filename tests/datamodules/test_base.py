@@ -81,6 +81,25 @@ def test_eval_dataloader_is_unaugmented_and_deterministic():
     assert torch.equal(first[0], plain)
 
 
+def test_crop_scale_trains_on_resized_crops_of_the_whole_image():
+    image = torch.arange(3 * 40 * 40, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 40, 40)
+    padded = make(image_size=16, preprocessing=FLAT).transform(train=True)
+    resized = make(image_size=16, preprocessing=FLAT, crop_scale=0.35)
+    torch.manual_seed(0)
+    crops = torch.stack([resized.transform(train=True)(image) for _ in range(16)])
+    assert crops.shape == (16, 3, 16, 16) and len(crops.unique(dim=0)) > 8  # random scales and positions
+    torch.manual_seed(0)
+    assert not torch.equal(padded(image), resized.transform(train=True)(image))
+    eval_views = [
+        make(image_size=16, preprocessing=FLAT, crop_scale=c).transform(train=False)(image) for c in (None, 0.35)
+    ]
+    assert torch.equal(*eval_views)  # evaluation is the same resize and centre crop
+    with pytest.raises(
+        ValueError, match=r"data\.crop_scale must be null with data\.batched_augmentation=true.*got 0\.35"
+    ):
+        make(crop_scale=0.35, batched_augmentation=True)
+
+
 def test_eval_dataloader_rejects_unknown_split():
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         make().eval_dataloader("dev")
@@ -124,6 +143,8 @@ def test_conflicting_cap_names_are_an_error_naming_both():
         ("image_size", 0),
         ("train_per_class", 0),
         ("max_per_class", -2),
+        ("crop_scale", 0.0),
+        ("crop_scale", 1.5),
     ],
 )
 def test_bad_values_name_the_key(key, value):

@@ -90,6 +90,15 @@ def test_lp_ft_starts_fine_tuning_from_a_probed_head(tmp_path):
     assert list(tmp_path.glob("*.pt")), "the probe's features went through the feature cache"
 
 
+def test_zero_head_init_starts_from_uniform_predictions_and_learns():
+    model = FineTuning(backbone="tiny_cnn", pretrained=False, num_classes=4, head_init="zero", head_dropout=0.1)
+    assert not model.linear_head.weight.any() and not model.linear_head.bias.any()
+    model.eval()
+    assert not model({"pixel_values": torch.randn(2, 3, 16, 16)}).any()
+    fit(model, max_epochs=1)
+    assert model.linear_head.weight.any(), "the zero head trained"
+
+
 def test_lp_ft_does_not_refit_the_head_on_resume(tmp_path):
     model = FineTuning(backbone="tiny_cnn", pretrained=False, num_classes=4, head_init="linear_probe")
     fit(model, max_epochs=1).save_checkpoint(tmp_path / "last.ckpt")
