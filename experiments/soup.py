@@ -53,12 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: {options.metric} {metrics[options.metric]:.4f}", flush=True)
     scores = [row["metrics"][options.metric] for row in rows]
     greedy, members = greedy_soup(states, scores, lambda s: evaluator.evaluate(s, test=False)[options.metric])
+    everyone = list(range(len(states)))
     uniform = average(states)
+    uniform_metrics = evaluator.evaluate(uniform)
+    # A greedy soup of one ingredient is that ingredient, of all of them the uniform soup: scored already.
+    known = {(members[0],): rows[members[0]]["metrics"], tuple(everyone): uniform_metrics}
     template = read[members[0]][1]
-    for name, soup, used in (("uniform_soup", uniform, list(range(len(states)))), ("greedy_soup", greedy, members)):
+    for name, soup, used in (("uniform_soup", uniform, everyone), ("greedy_soup", greedy, members)):
         ingredients = [str(options.checkpoints[i]) for i in used]
         write_weights(soup, template, options.out / f"{name}.ckpt", {"soup": name, "ingredients": ingredients})
-        rows.append({"name": f"{name} ({len(used)} of {len(states)})", "metrics": evaluator.evaluate(soup)})
+        metrics = known.get(tuple(sorted(used))) or evaluator.evaluate(soup)
+        rows.append({"name": f"{name} ({len(used)} of {len(states)})", "metrics": metrics})
     order = ", ".join(f"`{options.checkpoints[i]}`" for i in members)
     notes = [f"greedy soup ingredients, in the order they joined (best {options.metric} first): {order}",
              "checkpoints: `uniform_soup.ckpt`, `greedy_soup.ckpt`"]  # fmt: skip
