@@ -21,4 +21,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_arguments(options: argparse.Namespace) -> list[str]:
-    return fit_arguments(options.configs, options.sets)
+    """The config as `transfer test` takes it; what the CLI writes of its own (its config, the run's metadata)
+    goes into `--out`, not the working directory."""
+    return fit_arguments(options.configs, [*options.sets, ("trainer.default_root_dir", str(options.out))])

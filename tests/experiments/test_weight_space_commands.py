@@ -1,6 +1,7 @@
 """`transfer wise-ft` and `transfer soup` end to end on tiny runs: end points, identical soups, errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,7 @@ def rows(folder):
 
 def test_wise_ft_reproduces_its_end_points_and_writes_the_mix_chosen_on_validation(runs, tmp_path):
     assert wise_ft(["a/last.ckpt", "b/last.ckpt", *runs, "--alphas", "0", "0.5", "1", "--out", "wise"]) == 0
+    assert not Path("config.yaml").exists() and Path("wise/config.yaml").is_file()  # the CLI's files go to --out
     by_alpha = {row["alpha"]: row["metrics"] for row in rows(tmp_path / "wise")}
     for alpha, ckpt in ((0.0, "a/last.ckpt"), (1.0, "b/last.ckpt")):
         expected = evaluated_alone(runs, ckpt)
