@@ -127,7 +127,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def print_plan(console: Console, plans: Sequence[ArmPlan], out: Path) -> None:
+def print_plan(console: Console, plans: Sequence[ArmPlan], out: Path, derived: Sequence[ArmPlan] = ()) -> None:
     from experiments.ablation.execute import finished_result, last_checkpoint
 
     runs = {spec.digest for plan in plans for spec in plan.runs}
@@ -145,6 +145,11 @@ def print_plan(console: Console, plans: Sequence[ArmPlan], out: Path) -> None:
             else:
                 state = "tried before" if list(spec.directory.glob("attempt-*.log")) else "new"
             table.add_row(plan.arm.name, str(spec.seed), spec.digest, state)
+    for plan in derived:
+        for spec in plan.runs:
+            made = (spec.directory / "results.json").is_file()
+            state = "made" if made else "made after " + " and ".join(Path(source).name for source in spec.runtime_args)
+            table.add_row(plan.arm.name, str(spec.seed), f"weight_space/{spec.directory.name}", state)
     console.print(table)
     first = plans[0].runs[0]
     console.print("each run is, e.g.:", shlex.join(first.command(["transfer"])), soft_wrap=True, highlight=False)
@@ -171,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"transfer ablate: error: {error}", file=sys.stderr)
         return 2
+    from experiments.ablation.weight_space import weight_space_plans
+
+    derived = weight_space_plans(study, plans, out, options.configs, options.sets)
     seeds = options.seeds or study.seeds
     shared: dict[str, list[str]] = {}
     for plan in plans:
@@ -184,13 +192,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"W&B sweep written to {export_sweep(study, plans, target, seeds)}")
         return 0
     if options.dry_run:
-        print_plan(console, plans, out)
+        print_plan(console, plans, out, derived)
         return 0
     with study_lock(out), sigterm_as_interrupt():
-        return run_study(study, plans, out, options, console)
+        return run_study(study, plans, out, options, console, derived)
 
 
-def run_study(study: Study, plans: Sequence[ArmPlan], out: Path, options: argparse.Namespace, console: Console) -> int:
+def run_study(
+    study: Study,
+    plans: Sequence[ArmPlan],
+    out: Path,
+    options: argparse.Namespace,
+    console: Console,
+    derived: Sequence[ArmPlan] = (),
+) -> int:
+    """The runs, then the weight-space arms made from them (`derived`), then the tables and plots."""
     from experiments.ablation.execute import Outcome, finished_result
     from experiments.ablation.plots import draw_plots
     from experiments.ablation.progress import Display, duration
@@ -216,7 +232,15 @@ def run_study(study: Study, plans: Sequence[ArmPlan], out: Path, options: argpar
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: re-run the same command to continue (finished runs are kept)")
         return 130
-    result = aggregate(study, plans, outcomes)
+    if derived:
+        from experiments.ablation.weight_space import run_weight_space
+
+        try:
+            outcomes.update(run_weight_space(derived, console))
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: re-run the same command to continue (finished runs are kept)")
+            return 130
+    result = aggregate(study, [*plans, *derived], outcomes)
     results_dir = (options.results or out).absolute()
     plots = draw_plots(result, results_dir / "plots", results_dir)
     paths = write_results(result, results_dir, options.command, plots, time.perf_counter() - started)

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     order = ", ".join(f"`{options.checkpoints[i]}`" for i in members)
     notes = [f"greedy soup ingredients, in the order they joined (best {options.metric} first): {order}",
              "checkpoints: `uniform_soup.ckpt`, `greedy_soup.ckpt`"]  # fmt: skip
-    report = write_report(options.out, "Model soups", rows, options.metric, notes)
+    made = {name: row["name"] for name, row in zip(("uniform_soup", "greedy_soup"), rows[-2:], strict=True)}
+    report = write_report(options.out, "Model soups", rows, options.metric, notes, made)
     print(f"greedy soup of {len(members)} / {len(states)}; {report} written")
     return 0
 

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = write_weights(interpolate(start, end, chosen), template, options.out / "wise_ft.ckpt", made_from)
     notes = [f"start: `{options.start}`; end: `{options.end}`",
              f"chosen alpha {chosen:g} (best {options.metric}); its weights: `{checkpoint.name}`"]  # fmt: skip
-    report = write_report(options.out, "WiSE-FT", rows, options.metric, notes)
+    report = write_report(options.out, "WiSE-FT", rows, options.metric, notes, {"wise_ft": f"alpha {chosen:g}"})
     plot_interpolation(rows, options.metric, chosen, options.out / "wise_ft.png")
     print(f"alpha {chosen:g} chosen on {options.metric}; {report} and {checkpoint} written")
     return 0

@@ -17,11 +17,18 @@ seeds: [0, 1, 2]
 metrics: [test/acc]                           # read from each run's results.json; the first is primary
 baseline: no_kd                               # an arm, a label of one axis, or {axis: label}
 curves: [val/acc]                             # optional; default: val/loss and the checkpoint monitor
+weight_space:                                 # optional: arms made from other arms' checkpoints, seed by seed
+  wise_ft: {wise_ft: [probe, lp_ft], alphas: [0, 0.5, 1]}   # `transfer wise-ft` from the first to the second
+  greedy_soup: {greedy_soup: [no_kd, lp_ft]}  # `transfer soup` (also `uniform_soup`); optional `metric`
 ```
 
 `covers: <axis>` makes one run serve every value of another axis: a multi-task run trains all the tasks
 at once. The arm ignores that axis's files and keys (so its arms, one per task, share their runs) and
 reads each metric for its task: `test/score` of arm `rte,multi_task` is the run's `test/rte/score`.
+
+`weight_space` arms (`experiments.ablation.weight_space`) run after the runs of their source arms: WiSE-FT
+between two arms' checkpoints, or a soup of several arms' checkpoints, of the same seed, each evaluated
+with the last source arm's config and reported as the mix chosen on validation.
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ from typing import Any
 
 import yaml
 
-KEYS = ("name", "description", "config", "overrides", "axes", "arms", "seeds", "metrics", "baseline", "curves")
+KEYS = (
+    "name", "description", "config", "overrides", "axes", "arms", "seeds", "metrics", "baseline", "curves",
+    "weight_space",
+)  # fmt: skip
+WEIGHT_SPACE = {"wise_ft": "wise-ft", "greedy_soup": "soup", "uniform_soup": "soup"}  # kind -> `transfer` command
 ARM_AXIS = "arm"  # the axis of the top-level `arms`
 
 
@@ -102,6 +113,21 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class WeightSpaceArm:
+    """An arm made in weight space from the checkpoints of `sources` (arm names) of each seed."""
+
+    name: str
+    kind: str  # a key of WEIGHT_SPACE
+    sources: tuple[str, ...]
+    alphas: tuple[float, ...] = ()  # wise_ft: the mixing coefficients (empty: the command's)
+    metric: str = "val/score"  # the validation metric that chooses
+
+    @property
+    def arm(self) -> Arm:
+        return Arm(self.name, (Choice(ARM_AXIS, self.name),))
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     path: Path
@@ -113,9 +139,10 @@ class Study:
     metrics: tuple[str, ...]
     baseline: str | dict[str, str] | None
     curves: tuple[str, ...]
+    weight_space: tuple[WeightSpaceArm, ...] = ()
 
     def arm(self, name: str) -> Arm:
-        for arm in self.arms:
+        for arm in (*self.arms, *(made.arm for made in self.weight_space)):
             if arm.name == name:
                 return arm
         raise KeyError(name)
@@ -123,10 +150,16 @@ class Study:
     def config_args(self, arm: Arm, configs: Sequence[Path] = (), sets: Sequence[tuple[str, Any]] = ()) -> list[str]:
         """The arm's `transfer fit` arguments: every `-c` file first (study, arm, command line), then the
         keys (study, arm, `--set`), so a key always wins over a file and the command line wins last."""
+        return fit_arguments(*self.files_and_keys(arm, configs, sets))
+
+    def files_and_keys(
+        self, arm: Arm, configs: Sequence[Path] = (), sets: Sequence[tuple[str, Any]] = ()
+    ) -> tuple[list[Path], list[tuple[str, Any]]]:
+        """The arm's config files and keys, in the order `config_args` gives them."""
         own = arm.own_choices
         files = [*self.configs, *(path for choice in own for path in choice.configs), *configs]
         keys = [*self.overrides, *(item for choice in own for item in choice.overrides), *sets]
-        return fit_arguments(files, keys)
+        return files, keys
 
     def comparison_group(self, arm: Arm) -> tuple[tuple[str, str], ...]:
         """Arms compared with one another: all of them, or with a per-axis baseline (`{strategy: ft}`)
@@ -270,6 +303,44 @@ def _baseline(path: Path, value: Any, arms: tuple[Arm, ...]) -> str | dict[str, 
     return partial
 
 
+def _weight_space(path: Path, value: Any, arms: Sequence[Arm]) -> tuple[WeightSpaceArm, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise _error(path, "weight_space", f"expected a mapping of arm names to their recipe, got {value!r}")
+    names = {arm.name for arm in arms}
+    result = []
+    for name, spec in value.items():
+        where = f"weight_space.{name}"
+        if name in names:
+            raise _error(path, where, "an arm of that name exists already")
+        kinds = [kind for kind in WEIGHT_SPACE if isinstance(spec, Mapping) and kind in spec]
+        if len(kinds) != 1 or not set(spec) <= {kinds[0], "alphas", "metric"}:
+            raise _error(path, where, f"expected one of {', '.join(WEIGHT_SPACE)} (a list of arms), with "
+                                      f"`alphas` (wise_ft) and `metric` if wanted; got {spec!r}")  # fmt: skip
+        kind, sources = kinds[0], spec[kinds[0]]
+        wanted = "two arms: start, end" if kind == "wise_ft" else "two or more arms"
+        if (
+            not isinstance(sources, list)
+            or len(set(map(str, sources))) != len(sources)
+            or len(sources) < 2
+            or (kind == "wise_ft" and len(sources) != 2)
+        ):
+            raise _error(path, f"{where}.{kind}", f"expected {wanted}, got {sources!r}")
+        unknown = [source for source in sources if source not in names]
+        if unknown:
+            raise _error(path, f"{where}.{kind}", f"no arm {', '.join(map(str, unknown))} (arms: {', '.join(names)})")
+        alphas = spec.get("alphas", [])
+        if "alphas" in spec and (kind != "wise_ft" or not isinstance(alphas, list) or not alphas
+                                 or not all(isinstance(a, int | float) and 0 <= a <= 1 for a in alphas)):  # fmt: skip
+            raise _error(path, f"{where}.alphas", f"wise_ft's mixing coefficients in [0, 1], got {alphas!r}")
+        metric = spec.get("metric", "val/score")
+        if not isinstance(metric, str) or not metric.startswith("val/"):
+            raise _error(path, f"{where}.metric", f"expected a validation metric such as val/acc, got {metric!r}")
+        result.append(WeightSpaceArm(str(name), kind, tuple(sources), tuple(float(a) for a in alphas), metric))
+    return tuple(result)
+
+
 def read_mapping(path: Path, kind: str, keys: Sequence[str]) -> Mapping[str, Any]:
     """A study-like YAML file (`kind`: "study", "search") as a mapping of known keys; errors name the file."""
     try:
@@ -332,4 +403,5 @@ def load_study(path: Path) -> Study:
         metrics=tuple(metrics),
         baseline=_baseline(path, raw.get("baseline"), arms_tuple),
         curves=tuple(curves),
+        weight_space=_weight_space(path, raw.get("weight_space"), arms_tuple),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,28 @@ def summary_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
 
 
 def write_report(
-    directory: Path, title: str, rows: Sequence[dict[str, Any]], metric: str, notes: Sequence[str]
+    directory: Path,
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    metric: str,
+    notes: Sequence[str],
+    selected: Mapping[str, str],
 ) -> Path:
-    """results.json (every metric of every row), results.csv and results.md (the summary columns).
-    Each row: {"name": str, "metrics": {...}, **anything else shown as is}."""
+    """results.json (every metric of every row, and `selected`: what the command made -> its row's name),
+    results.csv and results.md (the summary columns). Each row: {"name": str, "metrics": {...}, **anything
+    else shown as is}."""
     directory.mkdir(parents=True, exist_ok=True)
     columns = summary_columns(rows, metric)
     extra = [key for key in rows[0] if key not in ("name", "metrics")] if rows else []
     command = "transfer " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
-    (directory / "results.json").write_text(json.dumps({"command": command, "notes": list(notes), "rows": list(rows)},
-                                                       indent=2) + "\n")  # fmt: skip
+    report = {
+        "command": command,
+        "notes": list(notes),
+        "metric": metric,
+        "selected": dict(selected),
+        "rows": list(rows),
+    }
+    (directory / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     with (directory / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["name", *extra, *columns])

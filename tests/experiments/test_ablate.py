@@ -173,6 +173,22 @@ def test_axes_cross_in_order_named_arms_stack_files_and_extra_arms_sit_outside_t
         ({"arms": {"a": {}}, "seeds": [0, "one"]}, "seeds: expected a non-empty list of integers"),
         ({"axes": {"model.init_args.head_lr": []}}, "axes.model.init_args.head_lr: needs at least one value"),
         ({"axes": {"x": [1, 1]}}, "axes.x: values repeat"),
+        (
+            {"arms": {"a": {}, "b": {}}, "weight_space": {"w": {"wise_ft": ["a"]}}},
+            "weight_space.w.wise_ft: expected two",
+        ),
+        ({"arms": {"a": {}, "b": {}}, "weight_space": {"w": {"greedy_soup": ["a", "c"]}}}, "greedy_soup: no arm c"),
+        ({"arms": {"a": {}, "b": {}}, "weight_space": {"a": {"greedy_soup": ["a", "b"]}}}, "weight_space.a: an arm"),
+        ({"arms": {"a": {}, "b": {}}, "weight_space": {"w": {"soup": ["a", "b"]}}}, "weight_space.w: expected one of"),
+        (
+            {"arms": {"a": {}, "b": {}}, "weight_space": {"w": {"uniform_soup": ["a", "b"], "alphas": [0.5]}}},
+            "weight_space.w.alphas: wise_ft's",
+        ),  # fmt: skip
+        ({"arms": {"a": {}, "b": {}}, "weight_space": {"w": {"wise_ft": ["a", "b"], "alphas": [2]}}}, "w.alphas"),
+        (
+            {"arms": {"a": {}, "b": {}}, "weight_space": {"w": {"wise_ft": ["a", "b"], "metric": "test/acc"}}},
+            "weight_space.w.metric: expected a validation metric",
+        ),  # fmt: skip
     ],
 )
 def test_study_file_errors_name_the_key(study, named, tmp_path, capsys):
@@ -575,3 +591,47 @@ def test_a_real_tiny_study_end_to_end_with_a_killed_run_resumed(tmp_path):
     log = (run / "attempt-2.log").read_text()
     assert "Restored all states from the checkpoint" in log and not (folder(out, "base", 0) / "attempt-2.log").exists()
     assert json.loads((run / "result.json").read_text())["metrics"]["test/acc"] == pytest.approx(first)
+
+
+@pytest.mark.slow
+def test_weight_space_arms_are_made_from_each_seeds_checkpoints_and_reported_beside_the_runs(tmp_path):
+    study = write_study(
+        tmp_path / "ws.yaml",
+        config=CSV,
+        overrides={**TINY, "data.init_args.num_samples": 64, "data.init_args.batch_size": 16},
+        arms={"start": {"model.init_args.optimizer.init_args.lr": 1e-4}, "end": {"model.init_args.head_lr": 0.05}},
+        weight_space={
+            "wise_ft": {"wise_ft": ["start", "end"], "alphas": [0, 1], "metric": "val/acc"},
+            "greedy_soup": {"greedy_soup": ["start", "end"], "metric": "val/acc"},
+            "uniform_soup": {"uniform_soup": ["start", "end"], "metric": "val/acc"},
+        },
+        seeds=[0],
+        metrics=["test/acc", "best_score"],
+        baseline="end",
+    )
+    out = tmp_path / "out"
+    assert ablate.main([str(study), "--out", str(out), "--dry-run"]) == 0
+    assert ablate.main([str(study), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = {run["arm"]: run for run in results["runs"]}
+    assert {arm: run["status"] for arm, run in runs.items() if run["status"] != "done"} == {
+        "uniform_soup": "finished earlier"  # the greedy soup's command made it
+    }
+    made = {arm: runs[arm]["metrics"] for arm in ("wise_ft", "greedy_soup", "uniform_soup")}
+    ends = {arm: runs[arm]["metrics"] for arm in ("start", "end")}
+    # WiSE-FT at alpha 0 or 1 is one of its end points, tested again: the one better on validation.
+    chosen = "end" if made["wise_ft"]["alpha"] == 1.0 else "start"
+    assert made["wise_ft"]["test/acc"] == pytest.approx(ends[chosen]["test/acc"], abs=1e-6)
+    assert made["wise_ft"]["best_score"] == pytest.approx(max(e["best_score"] for e in ends.values()), abs=1e-6)
+    # One soup command serves both soups; its report says which rows they are.
+    reports = list((out / "weight_space").glob("*/results.json"))
+    assert len(reports) == 2 and len(list((out / "weight_space").glob("*/command.log"))) == 2
+    soup = next(json.loads(r.read_text()) for r in reports if "greedy_soup" in json.loads(r.read_text())["selected"])
+    rows = {row["name"]: row["metrics"] for row in soup["rows"]}
+    assert made["uniform_soup"]["test/acc"] == rows[soup["selected"]["uniform_soup"]]["test/acc"]
+    assert made["greedy_soup"]["best_score"] >= max(e["best_score"] for e in ends.values()) - 1e-6
+    table = {row["arm"]: row for row in results["rows"] if row["metric"] == "test/acc"}
+    assert table["wise_ft"]["baseline"] == "end" and table["wise_ft"]["values"] == {"0": made["wise_ft"]["test/acc"]}
+    stamps = [p.stat().st_mtime for p in reports]
+    assert ablate.main([str(study), "--out", str(out)]) == 0  # read again, not made again
+    assert [p.stat().st_mtime for p in reports] == stamps
