@@ -10,8 +10,8 @@ images (read through `CIFAR10DataModule`). Its choices:
   images are held out and scored instead, so the script can be compared with the recipe's ablations on
   validation data;
 - RandomResizedCrop (scale 0.35-1) and horizontal flip at 128 px, bicubic, the backbone's mean/std;
-- SGD, Nesterov momentum 0.9, lr 0.01 for the backbone and 0.1 for the new head, weight decay 1e-4 (none on
-  biases and BatchNorm), batch 32, cosine decay to zero after a 1/2-epoch linear warm-up;
+- SGD, Nesterov momentum 0.9, lr 0.01 (`--lr`) for the backbone and 10x that for the new head, weight decay
+  1e-4 (none on biases and BatchNorm), batch 32, cosine decay to zero after a 1/2-epoch linear warm-up;
 - cross-entropy with label smoothing 0.1; the head initialised to zero;
 - BatchNorm in training mode (`--bn eval` keeps the pretrained statistics); evaluation with the final weights.
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.01, help="the backbone's learning rate (the head's is 10x)")
     parser.add_argument("--bn", choices=["train", "eval"], default="train", help="BatchNorm mode while training")
     parser.add_argument("--holdout", action="store_true", help="train on the recipe's train split, score its val split")
     parser.add_argument("--out", help="write the result as JSON here")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         return [{"params": decayed, "lr": lr, "weight_decay": 1e-4},
                 {"params": [p for p in params if p.ndim <= 1], "lr": lr, "weight_decay": 0.0}]  # fmt: skip
 
-    groups = group(list(backbone.parameters()), 0.01) + group(list(head.parameters()), 0.1)
+    groups = group(list(backbone.parameters()), args.lr) + group(list(head.parameters()), 10 * args.lr)
     optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True)
     total = args.epochs * len(train_loader)
     warmup = len(train_loader) // 2
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     result: dict = {
         "seed": args.seed,
+        "lr": args.lr,
         "bn": args.bn,
         "fit_seconds": round(fit_seconds, 1),
         "train_images": len(train_set),
