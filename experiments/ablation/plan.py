@@ -3,8 +3,9 @@
 Each run gets a folder named by a hash of its resolved config and seed, so the same config and seed
 always land in the same folder (that is how a finished run is found again) and anything that changes
 the run lands elsewhere. Keys that only say where things go or how they are shown (`NOT_HASHED`) are
-left out of the hash, and so are values equal to the parser's defaults, so that a new argument with a
-default (or a new Trainer flag) does not orphan finished runs.
+left out of the hash, and so are values equal to the parser's defaults, the init arguments of every
+`class_path` included, so that a new argument with a default (or a new Trainer flag) does not orphan
+finished runs.
 """
 
 from __future__ import annotations
@@ -96,10 +97,44 @@ def resolve(args: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     except SystemExit as error:  # a config file that cannot be read exits even so
         raise ConfigError(f"the parser exited ({error.code}) on: {' '.join(args)}") from None
     full = yaml.safe_load(parser.dump(config, skip_check=True))
-    hashed = json.loads(parser.dump(config, skip_check=True, skip_default=True, format="json"))
+    hashed = _without_defaults(json.loads(parser.dump(config, skip_check=True, skip_default=True, format="json")))
     for key in NOT_HASHED:
         _drop(hashed, key.split("."))
     return full, hashed
+
+
+def _without_defaults(node: Any) -> Any:
+    """The dumped config less the init arguments equal to their class's defaults, at any depth (the parser's
+    `skip_default` leaves those of `class_path` / `init_args` values in)."""
+    if isinstance(node, list):
+        return [_without_defaults(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    init_args = node.get("init_args")
+    if isinstance(node.get("class_path"), str) and isinstance(init_args, dict):
+        defaults = class_defaults(node["class_path"])
+        kept = {k: v for k, v in init_args.items() if k not in defaults or defaults[k] != v}
+        node = {**node, "init_args": kept}
+    return {key: _without_defaults(value) for key, value in node.items()}
+
+
+@functools.cache
+def class_defaults(class_path: str) -> dict[str, Any]:
+    """A class's init arguments with their defaults, dumped as the CLI's parser dumps them ({} if it cannot say)."""
+    import importlib
+
+    from jsonargparse import ArgumentParser
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "defaults", fail_untyped=False, skip={"params", "optimizer"})
+        dumped = json.loads(parser.dump(parser.get_defaults(), skip_check=True, format="json"))
+    except Exception:  # a class the parser cannot describe: hash all of its arguments
+        return {}
+    defaults = dumped.get("defaults")
+    return defaults if isinstance(defaults, dict) else {}
 
 
 def _drop(tree: dict[str, Any], path: list[str]) -> None:

@@ -218,14 +218,28 @@ def test_a_run_folder_is_a_hash_of_resolved_config_and_seed(tmp_path):
         "override": {"model.init_args.head_lr": 0.01},
         "same_from_a_file": {"config": str(piece)},
         "same_plus_bookkeeping": {"model.init_args.head_lr": 0.01, "trainer.enable_progress_bar": False},
+        # Init arguments at their defaults, written out: how a run looks after its class gained an argument.
+        "same_with_defaults": {
+            "model.init_args.head_lr": 0.01,
+            "model.init_args.pair_scale": 5.0,
+            "model.init_args.lr_decay": 1.0,
+            "data.init_args.augment": True,
+        },  # fmt: skip
         "other_value": {"model.init_args.head_lr": 0.02},
+        "other_than_a_default": {"model.init_args.head_lr": 0.01, "model.init_args.pair_scale": 4.0},
     }
     study = load_study(write_study(tmp_path / "s.yaml", config=CSV, overrides=TINY, arms=arms, seeds=[0, 1]))
     plans = plan_study(study, tmp_path / "out")
     digests = {plan.arm.name: [spec.digest for spec in plan.runs] for plan in plans}
     assert digests["override"] == digests["same_from_a_file"] == digests["same_plus_bookkeeping"]
+    assert digests["override"] == digests["same_with_defaults"]
+    hashed = resolve(study.config_args(study.arm("same_with_defaults")))[1]
+    init_args = hashed["model"]["init_args"]  # the values at their defaults are out, the others in
+    assert {"pair_scale", "lr_decay", "head_init", "label_smoothing"}.isdisjoint(init_args)
+    assert init_args["head_lr"] == 0.01 and init_args["backbone"] == "tiny_cnn" and "augment" not in hashed["data"]
     assert digests["override"][0] != digests["override"][1]  # another seed, another folder
     assert digests["other_value"][0] not in digests["override"]
+    assert digests["other_than_a_default"][0] not in digests["override"]
     # Where data and runs live is no part of the hash; planning again gives the same folders.
     again = plan_study(study, tmp_path / "elsewhere", sets=[("data.init_args.num_workers", "0")])
     assert [spec.digest for plan in again for spec in plan.runs] == [d for ds in digests.values() for d in ds]
