@@ -42,18 +42,18 @@ def image_transform(
     1/8 of the side), or with `crop_scale` the ImageNet one (a random crop of `crop_scale` to all of the
     image's area and of aspect 3/4 to 4/3, resized); then a horizontal flip when the data allows it.
     """
-    interpolation = InterpolationMode(preprocessing.interpolation)
-    if train and augment and crop_scale is not None:
+    augmenting = train and augment
+    if augmenting and crop_scale is not None:
+        interpolation = InterpolationMode(preprocessing.interpolation)
         steps: list[torch.nn.Module] = [
             v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=interpolation, antialias=True)
         ]
     else:
         steps = list(resize_crop(preprocessing, image_size).transforms)
-    if train and augment:
-        if crop_scale is None:
+        if augmenting:
             steps.append(v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect"))
-        if flip:
-            steps.append(v2.RandomHorizontalFlip())
+    if augmenting and flip:
+        steps.append(v2.RandomHorizontalFlip())
     steps += normalize(preprocessing).transforms
     return v2.Compose(steps)
 

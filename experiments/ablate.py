@@ -129,6 +129,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def print_plan(console: Console, plans: Sequence[ArmPlan], out: Path, derived: Sequence[ArmPlan] = ()) -> None:
     from experiments.ablation.execute import finished_result, last_checkpoint
+    from experiments.ablation.weight_space import REPORT
 
     runs = {spec.digest for plan in plans for spec in plan.runs}
     cells = sum(len(plan.runs) for plan in plans)
@@ -147,7 +148,7 @@ def print_plan(console: Console, plans: Sequence[ArmPlan], out: Path, derived: S
             table.add_row(plan.arm.name, str(spec.seed), spec.digest, state)
     for plan in derived:
         for spec in plan.runs:
-            made = (spec.directory / "results.json").is_file()
+            made = (spec.directory / REPORT).is_file()
             state = "made" if made else "made after " + " and ".join(Path(source).name for source in spec.runtime_args)
             table.add_row(plan.arm.name, str(spec.seed), f"weight_space/{spec.directory.name}", state)
     console.print(table)
@@ -236,7 +237,7 @@ def run_study(
         from experiments.ablation.weight_space import run_weight_space
 
         try:
-            outcomes.update(run_weight_space(derived, console))
+            outcomes.update(run_weight_space(study, derived, console))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: re-run the same command to continue (finished runs are kept)")
             return 130

@@ -63,7 +63,7 @@ def weight_space_plans(
                     study.name,
                     arm.name,
                     seed,
-                    f"{directory.name}:{arm.kind}",
+                    f"{directory.name}:{arm.kind}",  # unique per arm: soups of the same arms share the folder
                     directory,
                     tuple(args),
                     tuple(map(str, sources)),
@@ -95,12 +95,13 @@ def read_outcome(spec: RunSpec, kind: str, status: Status = "finished earlier") 
     return Outcome(status, metrics, log=str(spec.directory / LOG))
 
 
-def run_weight_space(plans: Sequence[ArmPlan], console: Any) -> dict[str, Outcome]:
+def run_weight_space(study: Study, plans: Sequence[ArmPlan], console: Any) -> dict[str, Outcome]:
     """Run (or read again) every weight-space arm x seed whose source runs finished; never raises for a failure."""
+    kinds = {arm.name: arm.kind for arm in study.weight_space}
     outcomes: dict[str, Outcome] = {}
     for plan in plans:
+        kind = kinds[plan.arm.name]
         for spec in plan.runs:
-            kind = spec.digest.rpartition(":")[2]
             outcome = read_outcome(spec, kind)
             if outcome is None:
                 outcome = _run(spec, kind)
