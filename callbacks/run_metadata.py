@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -78,20 +80,38 @@ def run_metadata(trainer: Trainer) -> dict[str, Any]:
 
 class RunMetadata(Callback):
     """Writes `run_metadata.json` into the run's log directory and logs the same into the logger, when a
-    run fits, validates or tests."""
+    run fits, validates or tests. Every checkpoint holds it too (`checkpoint["run"]`), with the command line,
+    the run's config (the CLI's `config.yaml`, when written) and the validation metrics at that checkpoint:
+    what `transfer export` puts into a model card."""
 
-    def __init__(self, filename: str = "run_metadata.json"):
+    def __init__(self, filename: str = "run_metadata.json", config_filename: str = "config.yaml"):
         self.filename = filename
+        self.config_filename = config_filename
+        self.command: str | None = None  # the command line of the run (set by the CLI), else this process's
+        self._info: dict[str, Any] = {}
+        self._log_dir: str | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate", "test"):
             return
-        log_dir = trainer.log_dir  # collective on some loggers: every rank must call it
-        self._write(trainer, log_dir)
+        self._log_dir = trainer.log_dir  # collective on some loggers: every rank must call it
+        self._info = run_metadata(trainer)
+        self._write(trainer, self._log_dir)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        config = Path(self._log_dir) / self.config_filename if self._log_dir is not None else None
+        checkpoint["run"] = {
+            **self._info,
+            "command": self.command or shlex.join(sys.argv),
+            "config": config.read_text() if config is not None and config.is_file() else None,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+        }
 
     @rank_zero_only
     def _write(self, trainer: Trainer, log_dir: str | None) -> None:
-        info = run_metadata(trainer)
+        info = self._info
         if log_dir is not None:
             path = Path(log_dir) / self.filename
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -202,6 +202,13 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
     def max_per_class(self) -> int | None:
         return self.train_per_class
 
+    def input_spec(self) -> dict[str, Any]:
+        """How an input is made ready for the model at evaluation (resize the short side, centre crop, normalise)
+        and the label names: plain data, recorded in checkpoints for `transfer export` and `inference`."""
+        p = self.preprocessing
+        return {"type": "image", "image_size": self.image_size, "mean": list(p.mean), "std": list(p.std),
+                "interpolation": p.interpolation, "labels": list(self.class_names)}  # fmt: skip
+
     def transform(self, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
         if train and self.views > 1:
             return MultiView(simclr_transform(self.preprocessing, self.image_size, flip=self.flip), self.views)

@@ -285,6 +285,12 @@ class MultiTaskDataModule(L.LightningDataModule):
             }
         return specs
 
+    def input_spec(self) -> dict[str, Any] | None:
+        """Each task's inputs and labels (`TransferDataModule.input_spec`, `TextDataModule.input_spec`); None when
+        a task's datamodule does not say."""
+        specs = {name: getattr(member, "input_spec", lambda: None)() for name, member in self.members.items()}
+        return {"type": "multi_task", "tasks": specs} if None not in specs.values() else None
+
     @property
     def val_sets(self) -> list[tuple[str, str]]:
         """(task, validation set name) of each validation loader, in loader order."""

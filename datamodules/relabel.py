@@ -86,6 +86,11 @@ class RelabeledDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         return list(self.groups)
 
+    def input_spec(self) -> dict[str, Any] | None:
+        """The source's inputs, labelled with the groups (`TransferDataModule.input_spec`); None: unknown."""
+        spec = getattr(self.source, "input_spec", lambda: None)()
+        return {**spec, "labels": self.class_names} if spec is not None else None
+
     @property
     def num_classes(self) -> int:
         return len(self.groups)

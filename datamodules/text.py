@@ -204,6 +204,21 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
             return None
         return list(self._label_names) if self._label_names is not None else [str(i) for i in range(self.num_classes)]
 
+    def input_spec(self) -> dict[str, Any]:
+        """How a row is made ready for the model (tokenizer, `max_length`, one input or two for a bi-encoder),
+        the text columns and the label names (regression: the label range): plain data, recorded in checkpoints
+        for `transfer export` and `inference`."""
+        names = getattr(self, "class_names", None) or self.label_names
+        return {
+            "type": "text",
+            "tokenizer": self.tokenizer_name,
+            "max_length": self.max_length,
+            "text_columns": list(self.text_columns),
+            "separate_pairs": self.separate_pairs,
+            "labels": list(names) if names is not None else None,
+            "label_range": list(self.label_range) if self.label_range is not None else None,
+        }
+
     @property
     def metrics(self) -> list[str]:
         if self._metrics is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+import datamodules
+import lightning_modules
 from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume, FitSeconds, Speed
 from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
@@ -32,6 +35,10 @@ from experiments.trainer import Trainer as TransferTrainer
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
 from lightning_modules.checkpoints import LINKED_FROM_DATA, check_hyperparameters, config_differences, read_checkpoint
+
+# `--model FineTuning` / `--data GLUEDataModule` resolve among imported subclasses (the packages import lazily).
+lightning_modules.import_all()
+datamodules.import_all()
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"
@@ -72,6 +79,7 @@ class TransferCLI(LightningCLI):
         defaults = {"default_config_files": [str(DEFAULTS)]}
         self._with_subcommands = run
         self._wandb_run_id: str | None = None  # of the checkpoint a run resumes from
+        self._command = ["transfer", *(args if args is not None else sys.argv[1:])]  # recorded in checkpoints
         super().__init__(
             TransferModule,
             LightningDataModule,  # vision datamodules share TransferDataModule, text ones TextDataModule
@@ -195,6 +203,9 @@ class TransferCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._fit_seconds.start()
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, RunMetadata):
+                callback.command = shlex.join(self._command)
         if self.config_init[self.subcommand].get("ckpt_path") == "last":
             self._resolve_last()
         for logger in self.trainer.loggers:

@@ -1,5 +1,5 @@
-"""`transfer`: the command line. `ablate`, `merge`, `select`, `soup`, `tune` and `wise-ft` are commands of their
-own; every other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
+"""`transfer`: the command line. `ablate`, `export`, `merge`, `select`, `soup`, `tune` and `wise-ft` are commands of
+their own; every other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 # command -> (module whose `main(argv) -> int` runs it, what it does)
 COMMANDS = {
     "ablate": ("experiments.ablate", "run a study (grid x seeds of `transfer fit`) into a table and plots"),
+    "export": ("experiments.export.command", "write a checkpoint as a folder to use it from: safetensors, ONNX, card"),
     "merge": ("experiments.merge", "fold an adapter run's adapter into a plain checkpoint (and peft's format)"),
     "select": ("experiments.select", "rank candidate pretrained models on your data by transferability scores"),
     "soup": ("experiments.soup", "average fine-tuned checkpoints (uniform and greedy model soups), evaluated"),

@@ -16,35 +16,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import seed_everything
-from lightning.pytorch.cli import instantiate_module
-
 from callbacks import AtomicCheckpointIO
+from experiments.run_model import load_trained_model
 from lightning_modules.adapters import merge_adapter, save_peft_adapter
 from lightning_modules.base import TransferModule
-from lightning_modules.checkpoints import check_hyperparameters, read_checkpoint
+from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.frozen_base import FROZEN_BASE
 
 
 def load_adapter_run(path: str | Path, seed: int | None = None) -> tuple[TransferModule, dict[str, Any]]:
-    """The model of an adapter run's checkpoint, rebuilt from its hyper_parameters (frozen base checked), and
-    the checkpoint. `seed`: the run's `seed_everything`, which rebuilds a randomly initialised base."""
+    """The model of an adapter run's checkpoint (frozen base checked) and the checkpoint. `seed`: the run's
+    `seed_everything`, which rebuilds a randomly initialised base."""
     file, checkpoint = read_checkpoint(str(path), "checkpoint")
     if not isinstance(checkpoint, dict) or FROZEN_BASE not in checkpoint:
         raise ValueError(f"checkpoint {file} is not an adapter run's checkpoint (it has no {FROZEN_BASE} record)")
-    hparams = checkpoint.get("hyper_parameters", {})
-    check_hyperparameters(hparams, file, TransferModule)
-    if "_class_path" not in hparams:
-        raise ValueError(
-            f"checkpoint {file} was not written by `transfer fit` (no _class_path in its hyper_parameters): build "
-            "the model in Python, load it, and call lightning_modules.adapters.merge_adapter(model.backbone)"
-        )
-    if seed is not None:
-        seed_everything(seed, verbose=False)
-    model = instantiate_module(TransferModule, {k: v for k, v in hparams.items() if k != "_instantiator"})
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model, checkpoint
+    return load_trained_model(path, seed)
 
 
 def merge_checkpoint(

@@ -1,24 +1,43 @@
-"""Transfer strategies (LightningModules) and the backbone registry."""
+"""Transfer strategies (LightningModules) and the backbone registry.
 
-from lightning_modules.backbones import Backbone, backbone_preprocessing, create_backbone, register_backbone
-from lightning_modules.base import TransferModule
-from lightning_modules.contrastive import Contrastive
-from lightning_modules.distillation import Distillation
-from lightning_modules.feature_extraction import FeatureExtraction
-from lightning_modules.fine_tuning import FineTuning
-from lightning_modules.multi_task import MultiTask
-from lightning_modules.zero_shot import ZeroShot
+The names below are imported on first use (PEP 562), so that `lightning_modules.backbones` and the other
+plain-PyTorch modules load without Lightning (the exported-model predictor, `inference`, needs only them).
+"""
 
-__all__ = [
-    "Backbone",
-    "Contrastive",
-    "Distillation",
-    "FeatureExtraction",
-    "FineTuning",
-    "MultiTask",
-    "TransferModule",
-    "backbone_preprocessing",
-    "create_backbone",
-    "register_backbone",
-    "ZeroShot",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Backbone": "backbones",
+    "backbone_preprocessing": "backbones",
+    "create_backbone": "backbones",
+    "register_backbone": "backbones",
+    "TransferModule": "base",
+    "Contrastive": "contrastive",
+    "Distillation": "distillation",
+    "FeatureExtraction": "feature_extraction",
+    "FineTuning": "fine_tuning",
+    "MultiTask": "multi_task",
+    "ZeroShot": "zero_shot",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+def import_all() -> None:
+    """Import every name above (e.g. so that class paths of checkpoints and configs find all subclasses)."""
+    for name in _WHERE:
+        __getattr__(name)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable, instantiate_module
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -62,6 +62,9 @@ class TransferModule(LightningModule):
         class_names: The training data's class names in label order, recorded when training starts (given
             only by a checkpoint). A test on other data with the same class names, all of them or some, maps
             its labels to the model's by name (cross-dataset evaluation); other names are an error.
+        inputs: How the training data made its inputs ready for the model at evaluation (image size and
+            normalisation, or tokenizer and `max_length`) and its label names, recorded when training starts
+            (given only by a checkpoint; `datamodules.*.input_spec`): what `transfer export` writes out.
         adapter: Parameter-efficient fine-tuning (`lightning_modules.adapters`): a peft config such as
             `peft.LoraConfig` (LoRA; DoRA with `use_dora: true`) or `peft.IA3Config`, or `BitFit`. The
             backbone is frozen except for the adapter; the head always trains. Checkpoints then hold the
@@ -85,6 +88,7 @@ class TransferModule(LightningModule):
         pair_head: PairHead | None = None,
         pair_scale: float = 5.0,
         class_names: list[str] | None = None,
+        inputs: dict[str, Any] | None = None,
     ):
         super().__init__()
         # Callables are not checkpoint data (and would break weights_only loading); the CLI config holds them.
@@ -130,6 +134,16 @@ class TransferModule(LightningModule):
         head = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
         assert isinstance(head, nn.Linear)
         return head
+
+    @classmethod
+    def for_inference(cls, hparams: dict[str, Any]) -> TransferModule:
+        """The model of a checkpoint's `hyper_parameters` (its `_class_path` naming this class), built for
+        inference: what `forward` needs and nothing that only training needs (see `Distillation`)."""
+        return instantiate_module(TransferModule, {k: v for k, v in hparams.items() if k != "_instantiator"})
+
+    def inference_heads(self) -> dict[str, nn.Module]:
+        """The trained heads by task name (one task: `default`): what `transfer export` writes out."""
+        return {"default": self.head}
 
     # ------------------------------------------------------------------------------------ forward
 
@@ -184,9 +198,13 @@ class TransferModule(LightningModule):
         return TaskMetrics(*self.metric_spec)
 
     def on_train_start(self) -> None:
-        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        datamodule: Any = getattr(self.trainer, "datamodule", None)
+        names = getattr(datamodule, "class_names", None)
         if names is not None:
             self.hparams["class_names"] = list(names)  # into every checkpoint: the label space trained on
+        inputs = datamodule.input_spec() if hasattr(datamodule, "input_spec") else None
+        if inputs is not None:
+            self.hparams["inputs"] = inputs  # and how its inputs were made ready (`transfer export`)
 
     def on_test_start(self) -> None:
         """Map the test data's labels to the model's by class name; test the corrupted sets (`shift_sets`) too."""

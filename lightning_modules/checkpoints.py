@@ -26,8 +26,8 @@ TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
 # Model arguments the CLI sets from the data at instantiate time (argument -> the datamodule attribute it
 # comes from): their parsed values are placeholders, not choices.
 LINKED_FROM_DATA = {"num_classes": "num_classes", "metrics": "metrics", "val_names": "val_names", "tasks": "task_specs"}
-# Model arguments a run records for itself (not choices either): the training data's class names.
-RECORDED = ("class_names",)
+# Model arguments a run records for itself (not choices either): the training data's class names and inputs.
+RECORDED = ("class_names", "inputs")
 
 
 def imported_subclass(class_path: object, base: type) -> bool:
@@ -49,6 +49,9 @@ def check_hyperparameters(hparams: dict[str, Any], file: Path, base: type) -> No
             f"ckpt_path: {file} names the instantiator {instantiator!r} in its hyper_parameters; only "
             f"{', '.join(TRUSTED_INSTANTIATORS)} is trusted, so it was not imported"
         )
+    import lightning_modules
+
+    lightning_modules.import_all()  # every strategy of ours is trusted, whichever the caller happened to import
     class_path = hparams.get("_class_path")
     if class_path is not None and not imported_subclass(class_path, base):
         raise ValueError(

@@ -141,6 +141,10 @@ class Contrastive(TransferModule):
         self.test_metrics = nn.ModuleList([self.evaluation_metrics() for _ in self.val_names])
         self.bank: tuple[Tensor, Tensor] | None = None  # kNN features and labels, rebuilt every evaluation
 
+    def inference_heads(self) -> dict[str, nn.Module]:
+        """The online probe, when trained (`linear_probe`); else none: the backbone alone is the result."""
+        return {"default": self.head} if self.linear_probe else {}
+
     def compute_loss(self, batch: Batch, stage: str) -> dict[str, Tensor]:
         """The training loss on a two-view batch (evaluation runs `evaluate` instead)."""
         labels = batch["labels"]

@@ -9,6 +9,7 @@ wrapper, and `.train()` never reaches it.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -111,6 +112,18 @@ class Distillation(TransferModule):
                     "model.backbone (pretrained, model.weights or model.backbone_ckpt)"
                 )
             self._init_from_teacher(student_layers)
+
+    @classmethod
+    def for_inference(cls, hparams: dict[str, Any]) -> TransferModule:
+        """The student alone (backbone cut to `student_layers`, and head): no teacher is built or needed."""
+        base = inspect.signature(TransferModule.__init__).parameters
+        student = super().for_inference(
+            {"_class_path": "lightning_modules.base.TransferModule", **{k: v for k, v in hparams.items() if k in base}}
+        )
+        if hparams.get("student_layers") is not None:
+            assert isinstance(student.backbone, TransformersBackbone)
+            student.backbone.keep_layers(hparams["student_layers"])
+        return student
 
     @property
     def teacher(self) -> Teacher:

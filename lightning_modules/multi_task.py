@@ -122,6 +122,9 @@ class MultiTask(TransferModule):
 
     # ------------------------------------------------------------------------------------ forward
 
+    def inference_heads(self) -> dict[str, nn.Module]:
+        return dict(self.heads)
+
     def task_logits(self, batch: Batch, task: str) -> Tensor:
         return self.heads[task](self.features(batch))
 
