@@ -37,6 +37,7 @@ class UnreadableImageError(RuntimeError):
             "to leave unreadable files out (they are counted in the log)"
         )
         self.path = str(path)
+        self.reason = reason
 
 
 def decode_image_file(path: str | os.PathLike) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """`transfer`: the command line. `ablate`, `export`, `merge`, `select`, `soup`, `tune` and `wise-ft` are commands of
-their own; every other subcommand (`fit`, `validate`, `test`, `predict`) is the Lightning CLI of `experiments.cli`."""
+their own, and so is `predict --inputs` (`experiments.predict`); every other subcommand (`fit`, `validate`, `test`,
+`predict`) is the Lightning CLI of `experiments.cli`."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else None
     if command in COMMANDS:
         sys.exit(importlib.import_module(COMMANDS[command][0]).main(sys.argv[2:]))
+    if command == "predict" and any(arg.split("=")[0] == "--inputs" for arg in sys.argv[2:]):
+        sys.exit(importlib.import_module("experiments.predict").main(sys.argv[2:]))  # unlabelled inputs
     if command in (None, "-h", "--help"):
         print("transfer commands: fit, validate, test, predict (Lightning CLI, below), and")
         for name, (_, summary) in COMMANDS.items():
             print(f"  {name:<8} {summary}; `transfer {name} --help`")
+        print("  predict --model M --inputs I: predictions on a folder of images or a CSV / TSV of texts;")
+        print("           `python -m experiments.predict --help`")
         print()
     from experiments.cli import cli_main
 

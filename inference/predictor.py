@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from datamodules.image_files import UnreadableImageError
 from inference.folder import TOKENIZER, ExportFolderError, build_model, is_text, read_config
 from inference.preprocess import ImagePreparer, TextPreparer
 
@@ -94,7 +93,7 @@ class Predictor:
             for i, item in enumerate(chunk):
                 try:
                     prepared.append(self.preparer(name).one(item))
-                except (UnreadableImageError, ValueError, TypeError) as error:
+                except (ValueError, TypeError) as error:
                     if not skip_unreadable:
                         raise
                     errors[i] = str(error)

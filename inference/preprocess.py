@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor
 
-from datamodules.image_files import decode_image_file
+from datamodules.image_files import UnreadableImageError, decode_image_file
 from datamodules.transforms import Preprocessing, normalize, resize_crop
 
 ImageInput = str | os.PathLike | Image.Image | Tensor
@@ -30,9 +30,12 @@ class ImagePreparer:
         self.normalize = normalize(preprocessing)
 
     def one(self, item: ImageInput) -> Tensor:
-        """One input as a normalised [3, S, S] tensor; unreadable files raise `UnreadableImageError`."""
+        """One input as a normalised [3, S, S] tensor; an unreadable file raises ValueError naming it."""
         if isinstance(item, str | os.PathLike):
-            image = decode_image_file(Path(item))
+            try:
+                image = decode_image_file(Path(item))
+            except UnreadableImageError as error:
+                raise ValueError(f"unreadable image file {item}: {error.reason}") from None
         elif isinstance(item, Image.Image):
             image = pil_to_tensor(item.convert("RGB"))
         elif isinstance(item, Tensor):

@@ -36,9 +36,10 @@ def write_export(
         if isinstance(network.backbone, TransformersBackbone):
             assert tokenizer is not None, "a text model is exported with its tokenizer"
             _write_text_files(partial, network.backbone, tokenizer, config)
-        if extra is not None:
-            extra(partial, config)
         (partial / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if extra is not None:  # e.g. other formats, checked with a Predictor on the folder so far
+            extra(partial, config)
+            (partial / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if card is not None:
             sizes = {str(p.relative_to(partial)): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
             (partial / CARD).write_text(card(config, sizes))

@@ -1,17 +1,21 @@
 """`transfer export` + `inference.Predictor`: every strategy's checkpoint -> a folder whose model predicts what the
 trained model does, on the inputs the training data would have made; bad checkpoints and folders are named."""
 
+import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from support import CONFIGS, TINY_GLUE, TINY_RUN
+from torchvision.io import write_jpeg, write_png
 
 from experiments.cli import cli_main
 from experiments.export.command import main as export
+from experiments.predict import main as predict
 from experiments.run_model import load_trained_model
 from inference import Predictor
 from inference.folder import CONFIG, TOKENIZER, WEIGHTS, ExportFolderError
@@ -69,7 +73,6 @@ def test_the_predictor_equals_the_trained_model_on_the_same_inputs_and_reads_pil
     with torch.no_grad():
         assert torch.allclose(predictor.logits(list(images)), model(batch), atol=1e-6)
     from PIL import Image
-    from torchvision.io import write_png
 
     write_png(images[0], "image.png")
     pil = Image.fromarray(images[1].permute(1, 2, 0).numpy())
@@ -207,3 +210,109 @@ def test_the_predictor_imports_no_lightning(in_tmp):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=in_tmp, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --- other formats, checked against PyTorch -------------------------------------------------------------------
+
+
+def test_onnx_and_torchscript_compute_the_model_at_other_batch_sizes_and_a_loose_check_fails(in_tmp, capsys):
+    fit(*TINY_RUN)
+    images = in_tmp / "images"
+    images.mkdir()
+    for i in range(5):
+        write_png((torch.rand(3, 24, 20) * 255).to(torch.uint8), str(images / f"{i}.png"))
+    predictor = exported("export", "--format", "onnx", "torchscript", "--check_inputs", str(images))
+    config = predictor.config
+    assert config["onnx"]["max_abs_diff"] <= 1e-4 and config["onnx"]["batch_sizes"] == [5, 1]
+    assert config["onnx"]["check_inputs"] == f"5 images of {images}" and config["torchscript"]["max_abs_diff"] <= 1e-4
+    assert "ONNX (opset" in (in_tmp / "export" / "README.md").read_text()
+    import onnxruntime
+
+    pixels = torch.stack([predictor.preparer().one(image) for image in (torch.rand(7, 3, 16, 16) * 255).byte()])
+    expected = predictor.model({"pixel_values": pixels}, "default")
+    session = onnxruntime.InferenceSession(str(in_tmp / "export" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"] and session.get_outputs()[0].name == "default"
+    (onnx_out,) = session.run(None, {"pixel_values": pixels.numpy()})
+    assert torch.allclose(torch.from_numpy(onnx_out), expected, atol=1e-4)
+    (scripted,) = torch.jit.load(str(in_tmp / "export" / "model.torchscript.pt"))(pixels)
+    assert torch.allclose(scripted, expected, atol=1e-5)
+
+    with pytest.raises(SystemExit):  # a tolerance no export meets: refused, and the folder left as it was
+        export(["--ckpt_path", "checkpoints/last.ckpt", "--out", "export", "--format", "onnx", "--tolerance", "0"])
+    assert "more than the tolerance 0" in capsys.readouterr().err
+    assert Predictor.load("export").config == config
+    with pytest.raises(SystemExit):
+        export(["--ckpt_path", "checkpoints/last.ckpt", "--out", "other", "--format", "onnx", "--opset", "99"])
+    assert "--opset 99: the exporter could not convert" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_opset_the_runtime_cannot_run_is_named(in_tmp, capsys, monkeypatch):
+    import onnxruntime
+
+    fit(*TINY_RUN)
+
+    def refuse(path, providers=None):
+        raise RuntimeError(f"Load model from {path} failed: ONNX Runtime only *guarantees* support for opset <= 22")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    with pytest.raises(SystemExit):
+        export(["--ckpt_path", "checkpoints/last.ckpt", "--out", "export", "--format", "onnx", "--opset", "24"])
+    assert f"--opset 24: onnxruntime {onnxruntime.__version__} cannot run this ONNX opset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_text_model_exports_to_onnx_with_dynamic_batch_and_sequence_axes(in_tmp):
+    fit("-c", str(CONFIGS / "glue" / "stsb.yaml"), "-c", str(CONFIGS / "glue" / "bi_encoder.yaml"), *TINY_GLUE, *CSV)
+    predictor = exported("export", "--format", "onnx")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(in_tmp / "export" / "model.onnx"))
+    pairs = [("A very long first sentence with quite a few words in it.", "Short."), ("One.", "Two words.")] * 3
+    batch = predictor.preparer().batch([predictor.preparer().one(pair) for pair in pairs])
+    assert batch["input_ids"].shape[1] != batch["pair_input_ids"].shape[1]  # two sequence axes, each its own
+    (onnx_out,) = session.run(None, {k: v.numpy() for k, v in batch.items()})
+    assert torch.allclose(torch.from_numpy(onnx_out).squeeze(-1), predictor.logits(pairs), atol=1e-4)
+
+
+# --- predictions on unlabelled inputs ----------------------------------------------------------------------------
+
+
+def test_predict_lists_every_image_in_path_order_unreadable_ones_included(in_tmp, capsys):
+    fit(*TINY_RUN)
+    exported()
+    folder = in_tmp / "new"
+    (folder / "b").mkdir(parents=True)
+    images = (torch.rand(3, 3, 18, 22) * 255).to(torch.uint8)
+    write_png(images[0], str(folder / "z.png"))
+    write_jpeg(images[1], str(folder / "b" / "x.JPEG"))
+    write_png(images[2], str(folder / "a.png"))
+    (folder / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not an image")
+    for model in ("export", "checkpoints/last.ckpt"):  # an export folder, or a checkpoint exported on the fly
+        assert predict(["--model", model, "--inputs", str(folder), "--out", "out.csv", "--top_k", "2"]) == 0
+        rows = list(csv.DictReader(Path("out.csv").read_text().splitlines()))
+        assert [row["input"] for row in rows] == ["a.png", "b/broken.png", "b/x.JPEG", "z.png"]
+        assert rows[1]["prediction"] == "" and "unreadable image file" in rows[1]["error"]
+        expected = Predictor.load("export").predict([folder / "a.png", folder / "b" / "x.JPEG", folder / "z.png"])
+        for row, prediction in zip([rows[0], rows[2], rows[3]], expected, strict=True):
+            assert row["prediction"] == prediction.label and row["error"] == ""
+            assert float(row["probability"]) == pytest.approx(prediction.probability, abs=1e-4)
+            assert len(row["top_k"].split()) == 2
+        assert "unreadable: b/broken.png" in capsys.readouterr().err
+
+
+def test_predict_reads_texts_by_column_and_lists_malformed_rows(in_tmp, capsys):
+    fit("-c", str(CONFIGS / "glue" / "rte.yaml"), *TINY_GLUE, *CSV)
+    exported()
+    Path("pairs.tsv").write_text("id\tfirst\tsecond\n1\tIt rains.\tThe street is wet.\n2\tonly two fields\n3\tA.\tB.\n")
+    assert (
+        predict(["--model", "export", "--inputs", "pairs.tsv", "--columns", "first", "second", "--out", "o.tsv"]) == 0
+    )
+    rows = list(csv.DictReader(Path("o.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [row["input"] for row in rows] == ["0", "1", "2"] and "line 3 has 2 fields" in rows[1]["error"]
+    expected = Predictor.load("export").predict([("It rains.", "The street is wet."), ("A.", "B.")])
+    assert [rows[0]["prediction"], rows[2]["prediction"]] == [p.label for p in expected]
+    with pytest.raises(SystemExit):
+        predict(["--model", "export", "--inputs", "pairs.tsv"])  # the model's own columns are not in this file
+    assert "has no column 'sentence1'" in capsys.readouterr().err
