@@ -23,6 +23,7 @@ import dynamic_padding
 import feature_cache
 import framework_overhead
 import input_pipeline
+import onnx_inference
 from harness import Comparison, machine, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Path | None, Callable[[], 
         ),
         ("7 torch.compile", None, lambda: compile_benchmark.run(args.rounds)),
         ("8 adapters", None, lambda: adapters.run(args.rounds)),
+        ("9 ONNX inference", None, lambda: onnx_inference.run(args.rounds)),
     ]
 
 

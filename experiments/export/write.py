@@ -43,6 +43,10 @@ def write_export(
         if card is not None:
             sizes = {str(p.relative_to(partial)): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
             (partial / CARD).write_text(card(config, sizes))
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in partial.rglob("*"):  # readable by whoever serves the model (some writers make files 0600)
+            path.chmod((0o755 if path.is_dir() else 0o644) & ~umask)
         _replace(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
