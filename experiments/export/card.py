@@ -49,13 +49,16 @@ def model_card(config: dict[str, Any], checkpoint: dict[str, Any], source: str, 
         lines += [f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())]
     lines += ["", "## Files", "", "| file | bytes |", "|---|---|"]
     lines += [f"| {name} | {size:,} |" for name, size in sorted(files.items())]
-    if config.get("onnx"):
-        onnx = config["onnx"]
-        lines += [
-            "",
-            f"ONNX (opset {onnx['opset']}) checked against PyTorch with onnxruntime on {onnx['inputs']} real inputs: "
-            f"largest absolute output difference {onnx['max_abs_diff']:.2e} (tolerance {onnx['tolerance']:.0e}).",
-        ]
+    for name, label in (("onnx", "ONNX"), ("torchscript", "TorchScript")):
+        if config.get(name):
+            checked = config[name]
+            opset = f" (opset {checked['opset']})" if "opset" in checked else ""
+            lines += [
+                "",
+                f"{label}{opset} checked against PyTorch on {checked['check_inputs']}, at batch sizes "
+                f"{' and '.join(map(str, checked['batch_sizes']))}: largest absolute output difference "
+                f"{checked['max_abs_diff']:.2e} (tolerance {checked['tolerance']:.0e}).",
+            ]
     versions = run.get("packages") or {}
     if versions:
         lines += ["", "## Versions (training)", "", "| package | version |", "|---|---|"]
