@@ -72,8 +72,8 @@ class Predictor:
         """Raw outputs [N, classes] (regression: [N]) of `inputs`, in their order, on the CPU."""
         name = self.task(task)
         preparer = self.preparer(name)
-        outputs = [self._run([preparer.one(item) for item in chunk], name) for chunk in _chunks(inputs, batch_size)]
-        logits = torch.cat(outputs) if outputs else torch.empty(0, self.config["tasks"][name]["num_classes"])
+        chunks = _chunks(inputs, batch_size) or [[]]
+        logits = torch.cat([self._run([preparer.one(item) for item in chunk], name) for chunk in chunks])
         return logits.squeeze(-1) if self.config["tasks"][name]["num_classes"] == 1 else logits
 
     def predict(
