@@ -20,17 +20,16 @@ from callbacks import AtomicCheckpointIO
 from experiments.run_model import load_trained_model
 from lightning_modules.adapters import merge_adapter, save_peft_adapter
 from lightning_modules.base import TransferModule
-from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.frozen_base import FROZEN_BASE
 
 
 def load_adapter_run(path: str | Path, seed: int | None = None) -> tuple[TransferModule, dict[str, Any]]:
     """The model of an adapter run's checkpoint (frozen base checked) and the checkpoint. `seed`: the run's
     `seed_everything`, which rebuilds a randomly initialised base."""
-    file, checkpoint = read_checkpoint(str(path), "checkpoint")
-    if not isinstance(checkpoint, dict) or FROZEN_BASE not in checkpoint:
-        raise ValueError(f"checkpoint {file} is not an adapter run's checkpoint (it has no {FROZEN_BASE} record)")
-    return load_trained_model(path, seed)
+    model, checkpoint = load_trained_model(path, seed)
+    if FROZEN_BASE not in checkpoint:
+        raise ValueError(f"checkpoint {path} is not an adapter run's checkpoint (it has no {FROZEN_BASE} record)")
+    return model, checkpoint
 
 
 def merge_checkpoint(

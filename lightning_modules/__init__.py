@@ -6,8 +6,7 @@ plain-PyTorch modules load without Lightning (the exported-model predictor, `inf
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from datamodules.lazy import lazy_names
 
 _WHERE = {
     "Backbone": "backbones",
@@ -25,19 +24,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
-
-
-def import_all() -> None:
-    """Import every name above (e.g. so that class paths of checkpoints and configs find all subclasses)."""
-    for name in _WHERE:
-        __getattr__(name)
+__getattr__, __dir__, import_all = lazy_names(__name__, _WHERE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from inference.folder import CONFIG, FORMATS
@@ -101,7 +100,3 @@ def _example(config: dict[str, Any]) -> str:
     if spec["type"] == "image":
         return '"image.jpg"'
     return '("first sentence", "second sentence")' if len(spec["text_columns"]) == 2 else '"a sentence"'
-
-
-def file_sizes(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -22,7 +22,7 @@ import torch
 
 from experiments.export.card import model_card
 from experiments.export.formats import export_onnx, export_torchscript
-from experiments.export.network import export_config, exported_model
+from experiments.export.network import export_config, exported_model, task_inputs
 from experiments.export.write import write_export
 from experiments.run_model import load_trained_model
 from inference import Predictor
@@ -48,8 +48,7 @@ def export_checkpoint(
     model, checkpoint = load_trained_model(ckpt_path, seed)
     network = exported_model(model)
     config = export_config(network, checkpoint["hyper_parameters"], str(ckpt_path))
-    inputs = checkpoint["hyper_parameters"]["inputs"]
-    first = next(iter(inputs["tasks"].values())) if inputs["type"] == "multi_task" else inputs
+    first = next(iter(task_inputs(checkpoint["hyper_parameters"]["inputs"]).values()))
 
     def other_formats(folder: Path, config: dict[str, Any]) -> None:
         if "onnx" not in formats and "torchscript" not in formats:

@@ -42,6 +42,11 @@ def exported_model(model: TransferModule) -> ExportedModel:
     return ExportedModel(model.backbone, heads, model.pair_head).eval()
 
 
+def task_inputs(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run's `inputs` record per task name (one task: `default`)."""
+    return inputs["tasks"] if inputs["type"] == "multi_task" else {"default": inputs}
+
+
 def export_config(network: ExportedModel, hparams: dict[str, Any], source: str) -> dict[str, Any]:
     """`config.json` of the export (`inference.folder`), from the network and what its run recorded (`inputs`)."""
     inputs = hparams.get("inputs")
@@ -53,7 +58,7 @@ def export_config(network: ExportedModel, hparams: dict[str, Any], source: str) 
         )
     if not network.heads:
         raise ValueError(f"checkpoint {source}: the run trained no head (Contrastive with linear_probe: false)")
-    specs = inputs["tasks"] if inputs["type"] == "multi_task" else {"default": inputs}
+    specs = task_inputs(inputs)
     tasks = {}
     for name, head in network.heads.items():
         spec = {k: v for k, v in specs[name].items() if k not in ("labels", "label_range", "tokenizer")}

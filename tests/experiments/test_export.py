@@ -40,6 +40,19 @@ def exported(out: str = "export", *extra: str) -> Predictor:
     return Predictor.load(out)
 
 
+def assert_predicts_like_the_trained_model(predictor: Predictor, atol: float, size=(16, 16)) -> torch.Tensor:
+    """The export's logits on random images equal those of the checkpoint's own model on the same prepared batch
+    (16 x 16, the tiny runs' size); returns the images."""
+    model, _ = load_trained_model("checkpoints/last.ckpt")
+    images = (torch.rand(6, 3, *size) * 255).to(torch.uint8)
+    preparer = predictor.preparer()
+    batch = preparer.batch([preparer.one(image) for image in images])
+    assert batch["pixel_values"].shape == (6, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(predictor.logits(list(images)), model(batch), atol=atol)
+    return images
+
+
 def test_an_image_model_exports_and_predicts_like_transfer_test_on_the_test_images(in_tmp, capsys):
     cli = fit(*TINY_RUN, epochs=2)
     predictor = exported()
@@ -66,13 +79,7 @@ def test_an_image_model_exports_and_predicts_like_transfer_test_on_the_test_imag
 def test_the_predictor_equals_the_trained_model_on_the_same_inputs_and_reads_pil_and_files(strategy, in_tmp):
     fit(*TINY_RUN, "--model", strategy, "--model.backbone", "tiny_cnn", "--model.pretrained", "false")
     predictor = exported()
-    model, _ = load_trained_model("checkpoints/last.ckpt")
-    images = (torch.rand(6, 3, 20, 28) * 255).to(torch.uint8)  # another size: resized and centre-cropped
-    preparer = predictor.preparer()
-    batch = preparer.batch([preparer.one(image) for image in images])
-    assert batch["pixel_values"].shape == (6, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.allclose(predictor.logits(list(images)), model(batch), atol=1e-6)
+    images = assert_predicts_like_the_trained_model(predictor, atol=1e-6, size=(20, 28))  # resized, centre-cropped
     from PIL import Image
 
     write_png(images[0], "image.png")
@@ -85,12 +92,7 @@ def test_a_lora_model_exports_merged_with_the_outputs_of_the_adapter_run(in_tmp)
     fit(*TINY_RUN, *LORA)
     predictor = exported()
     assert not any("lora" in key or "base_layer" in key for key in load_file(in_tmp / "export" / WEIGHTS))
-    model, _ = load_trained_model("checkpoints/last.ckpt")
-    images = (torch.rand(4, 3, 16, 16) * 255).to(torch.uint8)
-    preparer = predictor.preparer()
-    with torch.no_grad():
-        expected = model(preparer.batch([preparer.one(image) for image in images]))
-    assert torch.allclose(predictor.logits(list(images)), expected, atol=1e-5)
+    assert_predicts_like_the_trained_model(predictor, atol=1e-5)
 
 
 def test_a_contrastive_probe_exports_with_its_batchnorm_folded_into_the_head(in_tmp):
@@ -101,11 +103,7 @@ def test_a_contrastive_probe_exports_with_its_batchnorm_folded_into_the_head(in_
     assert set(load_file(in_tmp / "export" / WEIGHTS)) >= {"heads.default.weight", "heads.default.bias"}
     model, _ = load_trained_model("checkpoints/last.ckpt")
     assert model.head[0].running_var.sub(1).abs().max() > 1e-3  # a BatchNorm that really changes the features
-    images = (torch.rand(4, 3, 16, 16) * 255).to(torch.uint8)
-    preparer = predictor.preparer()
-    with torch.no_grad():
-        expected = model(preparer.batch([preparer.one(image) for image in images]))
-    assert torch.allclose(predictor.logits(list(images)), expected, atol=1e-5)
+    assert_predicts_like_the_trained_model(predictor, atol=1e-5)
 
 
 def test_a_text_model_exports_with_its_tokenizer_and_tokenizes_like_its_data(in_tmp):
