@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import collections.abc
+import enum
+import inspect
 import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import torch
 
@@ -30,19 +34,30 @@ LINKED_FROM_DATA = {"num_classes": "num_classes", "metrics": "metrics", "val_nam
 RECORDED = ("class_names", "inputs")
 
 
-def imported_subclass(class_path: object, base: type) -> bool:
-    """Whether `class_path` names a subclass of `base` that is already imported: reads `sys.modules`, so
-    checking a checkpoint's `_class_path` never imports (runs) a module the checkpoint chose."""
+# The packages a checkpoint's hyper_parameters may name classes from (strategies, optimizers and schedulers, adapter
+# configs, weightings); the class must be imported already: checking never imports (runs) a module.
+TRUSTED_PACKAGES = ("lightning_modules", "torch", "peft", "lightning")
+# Annotations under which jsonargparse keeps a string a string; any other type may import what a string names.
+PLAIN_TYPES = (str, int, float, bool, bytes, type(None), Path, list, tuple, dict, set, frozenset)
+
+
+def imported_class(class_path: object, base: type = object) -> type | None:
+    """The subclass of `base` that `class_path` names, if its module is already imported and in a trusted package:
+    reads `sys.modules`, so checking a checkpoint never imports (runs) a module the checkpoint chose."""
     if not isinstance(class_path, str):
-        return False
+        return None
     module, _, name = class_path.rpartition(".")
+    if module.split(".")[0] not in TRUSTED_PACKAGES:
+        return None
     target = getattr(sys.modules.get(module), name, None)
-    return isinstance(target, type) and issubclass(target, base)
+    return target if isinstance(target, type) and issubclass(target, base) else None
 
 
 def check_hyperparameters(hparams: dict[str, Any], file: Path, base: type) -> None:
-    """Refuse a checkpoint whose hyper_parameters name code to run: an instantiator other than Lightning's, or a
-    class that is not an imported `base` subclass. Errors name the file and the value."""
+    """Refuse a checkpoint whose hyper_parameters could make jsonargparse import and call code: an instantiator
+    other than Lightning's, a strategy that is not an imported `base` subclass, a nested `class_path` that is not an
+    imported class of a trusted package, or a string where the argument's type admits a callable or a class (a
+    scheduler's `lr_lambda: os._exit`). Only plain values pass. Errors name the file, the key and the value."""
     instantiator = hparams.get("_instantiator")
     if instantiator is not None and instantiator not in TRUSTED_INSTANTIATORS:
         raise ValueError(
@@ -53,31 +68,76 @@ def check_hyperparameters(hparams: dict[str, Any], file: Path, base: type) -> No
 
     lightning_modules.import_all()  # every strategy of ours is trusted, whichever the caller happened to import
     class_path = hparams.get("_class_path")
-    if class_path is not None and not imported_subclass(class_path, base):
+    strategy = imported_class(class_path, base) if class_path is not None else base
+    if strategy is None:
         raise ValueError(
             f"ckpt_path: {file} names the class {class_path!r} in its hyper_parameters, which is not one of the "
             f"imported {base.__name__} strategies; it was not imported (a checkpoint must not choose code to run)"
         )
-    for key, nested in _class_paths(hparams):  # e.g. a weighting's class_path, which jsonargparse would import
-        if not imported_subclass(nested, object):
-            raise ValueError(
-                f"ckpt_path: {file} names the class {nested!r} at {key} in its hyper_parameters, which is not an "
-                "imported class; it was not imported (a checkpoint must not choose code to run)"
-            )
+    arguments = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    for key, value in _argument_references(arguments, _argument_types(strategy), "hyper_parameters"):
+        raise ValueError(
+            f"ckpt_path: {file} names {value!r} at {key}, where a class or a function would "
+            "be imported; it was not imported (a checkpoint must not choose code to run)"
+        )
 
 
-def _class_paths(value: Any, where: str = "hyper_parameters") -> list[tuple[str, Any]]:
-    """(where, value) of every nested `class_path` entry."""
-    found = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "class_path":
-                found.append((where, item))
-            found += _class_paths(item, f"{where}.{key}")
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found += _class_paths(item, f"{where}[{index}]")
-    return found
+def _argument_types(cls: type) -> dict[str, Any]:
+    """The annotation of each argument of `cls.__init__` and of the `__init__`s it passes `**kwargs` on to (an
+    argument without one: `None`, which counts as unknown)."""
+    types: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = vars(klass).get("__init__")
+        if init is None or klass is object:
+            continue
+        try:
+            signature = inspect.signature(init, eval_str=True)
+            fields: dict[str, Any] = {}
+        except Exception:  # e.g. a dataclass's generated __init__ (peft's configs): its fields' annotations instead
+            signature = inspect.signature(init)
+            try:
+                fields = typing.get_type_hints(klass)
+            except Exception:
+                fields = {}
+        for name, parameter in signature.parameters.items():
+            annotation = None if parameter.annotation is parameter.empty else parameter.annotation
+            types[name] = fields.get(name) if isinstance(annotation, str) else annotation
+    return types
+
+
+def _admits_code(annotation: Any) -> bool:
+    """Whether jsonargparse may import what a string names under `annotation`: a callable, a class, or unknown."""
+    if annotation is Any or isinstance(annotation, TypeVar):
+        return False
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return False
+    if origin is not None:  # a union, list[...], dict[...], Callable[...], type[...]
+        return origin in (type, collections.abc.Callable) or any(_admits_code(a) for a in get_args(annotation))
+    if isinstance(annotation, type):
+        return not issubclass(annotation, PLAIN_TYPES + (enum.Enum,))
+    return True  # None (no annotation) or a typing construct we do not know: assume the worst
+
+
+def _code_references(value: Any, annotation: Any, where: str) -> list[tuple[str, Any]]:
+    """(where, value) of each value in `value` that names code: a `class_path` this check cannot vouch for, or a
+    string where `annotation` (passed down to the items of lists and dicts) admits a callable or a class."""
+    if isinstance(value, dict) and "class_path" in value:
+        cls = imported_class(value["class_path"])
+        if cls is None:
+            return [(f"{where}.class_path", value["class_path"])]
+        return _argument_references(value.get("init_args") or {}, _argument_types(cls), f"{where}.init_args")
+    if isinstance(value, str):
+        return [(where, value)] if _admits_code(annotation) else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else []
+    return [found for key, item in items for found in _code_references(item, annotation, f"{where}[{key!r}]")]
+
+
+def _argument_references(arguments: dict[str, Any], types: dict[str, Any], where: str) -> list[tuple[str, Any]]:
+    """`_code_references` of a class's arguments, each under its own annotation (unknown when it has none)."""
+    return [
+        found for key, item in arguments.items() for found in _code_references(item, types.get(key), f"{where}.{key}")
+    ]
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,7 @@ TINY = [
     "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", "runs",
 ]  # fmt: skip
 EVIL_MODULE = "evil_checkpoint_payload"
+EVIL = f"{EVIL_MODULE}.build"  # a function of that module
 
 
 class Payload:
@@ -131,10 +132,46 @@ def checkpoint_naming(path, evil_hparams: dict) -> str:
         ({"_instantiator": f"{EVIL_MODULE}.build"}, f"names the instantiator '{EVIL_MODULE}.build'"),
         (
             {"optimizer": {"class_path": f"{EVIL_MODULE}.Optimizer"}},
-            f"names the class '{EVIL_MODULE}.Optimizer' at hyper_parameters.optimizer",
+            f"names '{EVIL_MODULE}.Optimizer' at hyper_parameters.optimizer.class_path",
+        ),
+        (  # a trusted class whose argument is typed as a callable: jsonargparse would import the string
+            {"lr_scheduler": {"class_path": "torch.optim.lr_scheduler.LambdaLR", "init_args": {"lr_lambda": EVIL}}},
+            f"names '{EVIL}' at hyper_parameters.lr_scheduler.init_args.lr_lambda",
+        ),
+        (  # the same inside a list (LambdaLR takes one function per group); `this` prints the Zen of Python
+            {
+                "lr_scheduler": {
+                    "class_path": "torch.optim.lr_scheduler.LambdaLR",
+                    "init_args": {"lr_lambda": ["this.s"]},
+                }
+            },
+            "names 'this.s' at hyper_parameters.lr_scheduler.init_args.lr_lambda[0]",
+        ),
+        ({"optimizer": EVIL}, f"names '{EVIL}' at hyper_parameters.optimizer,"),  # a string where a callable is typed
+        (  # an imported class, but not from a package a checkpoint may name
+            {"adapter": {"class_path": "subprocess.Popen", "init_args": {"args": ["true"]}}},
+            "names 'subprocess.Popen' at hyper_parameters.adapter.class_path",
+        ),
+        (  # a trusted class whose arguments carry a payload of their own
+            {
+                "adapter": {
+                    "class_path": "peft.LoraConfig",
+                    "init_args": {"r": 2, "layers_pattern": {"class_path": EVIL}},
+                }
+            },
+            f"names '{EVIL}' at hyper_parameters.adapter.init_args.layers_pattern.class_path",
         ),
     ],
-    ids=["class_path", "instantiator", "nested-class_path"],
+    ids=[
+        "class_path",
+        "instantiator",
+        "nested-class_path",
+        "callable-argument",
+        "callable-in-list",
+        "string-as-callable",
+        "untrusted-class",
+        "nested-init_args",
+    ],
 )
 def test_class_paths_in_a_checkpoint_are_never_imported(hparams, named, evil, in_tmp, capsys):
     path = checkpoint_naming(in_tmp / "edited.ckpt", hparams)
@@ -146,10 +183,11 @@ def test_class_paths_in_a_checkpoint_are_never_imported(hparams, named, evil, in
     student = Distillation(backbone="tiny_cnn", pretrained=False, num_classes=4, teacher_ckpt=path)
     FineTuning(backbone="tiny_cnn", pretrained=False, num_classes=4, backbone_ckpt=path)
     assert torch.equal(student.teacher.head.weight, torch.load(path, weights_only=True)["state_dict"]["head.weight"])
-    if "optimizer" not in hparams:  # Lightning's own guard; a nested class_path gets past it (our CLI checks)
+    if {"_class_path", "_instantiator"} & set(hparams):  # Lightning's own guard; nested values get past it
         with pytest.raises(ValueError, match="blocked to prevent arbitrary code execution"):
             FineTuning.load_from_checkpoint(path, weights_only=True)
     assert not evil.exists()
+    assert "this" not in sys.modules
 
 
 def tar_with(path, members):
