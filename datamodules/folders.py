@@ -13,7 +13,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from datamodules.archives import extract_archive, is_archive
 from datamodules.base import TransferDataModule, _require
 from datamodules.datasets import ImageDataset
-from datamodules.image_files import CheckedImageFolderDataset, OnBadFile, UnreadableImageError, find_unreadable
+from datamodules.decode import UnreadableImageError
+from datamodules.image_files import CheckedImageFolderDataset, OnBadFile, find_unreadable
 from datamodules.image_folder import scan_image_folder
 from datamodules.splits import stratified_split
 

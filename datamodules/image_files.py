@@ -1,9 +1,5 @@
-"""Reading image files robustly: the fastest decoder that can, a cheap check for unreadable files, and a
-folder dataset that stops on a bad file (naming it) or leaves it out.
-
-torchvision.io decodes JPEG, PNG, GIF and WebP (libjpeg-turbo for JPEG); PIL reads what it cannot (other
-formats under an image extension, unusual colour modes). Both refuse a truncated file.
-"""
+"""Reading image files robustly: a cheap check for unreadable files, and a folder dataset that stops on a bad
+file (naming it) or leaves it out. Decoding itself is `datamodules.decode`'s."""
 
 from __future__ import annotations
 
@@ -15,41 +11,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.functional import pil_to_tensor
 
 from datamodules.datasets import Transform
+from datamodules.decode import UnreadableImageError, decode_image_file
 from datamodules.image_folder import ImageFolderDataset
 
 OnBadFile = Literal["error", "skip"]
 JPEG, PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 OTHER_SIGNATURES = (b"GIF87a", b"GIF89a")  # WebP: b"RIFF" + size + b"WEBP"
 TAIL_BYTES = 1024  # an end marker followed by this much padding still counts as complete
-
-
-class UnreadableImageError(RuntimeError):
-    """An image file that no decoder can read (not an image, empty, truncated or corrupt)."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(
-            f"unreadable image file {path}: {reason}. Remove or replace it, or set data.on_bad_file=skip "
-            "to leave unreadable files out (they are counted in the log)"
-        )
-        self.path = str(path)
-        self.reason = reason
-
-
-def decode_image_file(path: str | os.PathLike) -> torch.Tensor:
-    """uint8 RGB [3, H, W] from torchvision.io, or PIL where torchvision cannot read the file."""
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except RuntimeError as torchvision_error:
-        try:
-            with Image.open(path) as image:
-                return pil_to_tensor(image.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as pil_error:
-            raise UnreadableImageError(path, str(pil_error) or type(pil_error).__name__) from torchvision_error
 
 
 def _suspicion(path: Path) -> str | None:

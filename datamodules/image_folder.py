@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
 from datamodules.datasets import ImageDataset, Indices, Transform
+from datamodules.decode import decode_image_file
 
-# What torchvision.io.decode_image reads without extra codecs.
+# What torchvision.io.decode_image reads without extra codecs (`datamodules.decode`).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 
 
@@ -94,11 +94,7 @@ class ImageFolderDataset(ImageDataset):
         return cls(scan.root, scan.files, scan.sizes, torch.tensor(scan.labels, dtype=torch.int64), transform)
 
     def load_image(self, i: int) -> torch.Tensor:
-        path = self.root / str(self.files[i])
-        try:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-        except RuntimeError as exc:
-            raise RuntimeError(f"cannot decode image {path}: {exc}") from exc
+        return decode_image_file(self.root / str(self.files[i]))
 
     def subset(self, indices: Indices) -> ImageFolderDataset:
         idx = np.asarray(indices, dtype=np.int64)

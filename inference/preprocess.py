@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms.functional import pil_to_tensor
 
-from datamodules.image_files import UnreadableImageError, decode_image_file
+from datamodules.decode import UnreadableImageError, decode_image_file, pil_to_rgb
 from datamodules.transforms import Preprocessing, normalize, resize_crop
 
 ImageInput = str | os.PathLike | Image.Image | Tensor
@@ -37,7 +36,7 @@ class ImagePreparer:
             except UnreadableImageError as error:
                 raise ValueError(f"unreadable image file {item}: {error.reason}") from None
         elif isinstance(item, Image.Image):
-            image = pil_to_tensor(item.convert("RGB"))
+            image = pil_to_rgb(item)
         elif isinstance(item, Tensor):
             if item.ndim != 3 or item.shape[0] not in (1, 3):
                 raise ValueError(f"an image tensor must be [3, H, W] (or [1, H, W]), got shape {list(item.shape)}")

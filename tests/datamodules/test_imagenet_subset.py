@@ -8,7 +8,7 @@ from image_trees import imagenet_tree, write_jpeg
 from PIL import Image
 
 from datamodules import ImageFolderDataModule, ImageNetSubsetDataModule, Preprocessing
-from datamodules.image_files import UnreadableImageError, decode_image_file
+from datamodules.decode import UnreadableImageError, decode_image_file
 from datamodules.imagenet_classes import IMAGENETTE
 
 SMALL = Preprocessing(image_size=16)

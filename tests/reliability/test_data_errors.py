@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision.datasets.cifar as torchvision_cifar
 from image_trees import imagenet_tree
+from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from datamodules import CIFAR10DataModule, GLUEDataModule, ImageFolderDataModule, Preprocessing
 from datamodules.cifar10 import BATCHES_FOLDER, CIFAR10_CLASSES
-from datamodules.image_files import UnreadableImageError
+from datamodules.decode import UnreadableImageError, decode_image_file, pil_to_rgb
 
 SMALL = Preprocessing(image_size=32)
 GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
@@ -163,3 +165,34 @@ def test_glue_minus_one_in_a_hugging_face_training_split_stops_naming_split_row_
     with pytest.raises(ValueError, match=rf"{where} row 1: label -1 is outside"):
         dm.rows("train")
     assert dm.rows("test")[0].labels.tolist() == [-1, -1, -1]  # the test split's -1 means "no label": not an error
+
+
+def test_a_16_bit_image_decodes_to_the_8_bit_image_it_holds(tmp_path):
+    wide = np.random.default_rng(0).integers(0, 65536, (24, 24), dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "wide.png")  # a 16-bit PNG: torchvision decodes it to uint16
+    Image.fromarray((wide >> 8).astype(np.uint8)).save(tmp_path / "narrow.png")
+    narrow = decode_image_file(tmp_path / "narrow.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I") and narrow.dtype == torch.uint8
+    assert torch.equal(decode_image_file(tmp_path / "wide.png"), narrow)
+    with Image.open(tmp_path / "wide.png") as image:  # PIL's own convert("RGB") would clip at 255
+        assert torch.equal(pil_to_rgb(image), narrow)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"in_memory": True}, {"batched_augmentation": True}, {"in_memory": True, "batched_augmentation": True}],
+    ids=["per-image", "in-memory", "batched", "in-memory-batched"],
+)
+def test_a_16_bit_png_among_jpegs_trains_exactly_like_its_8_bit_twin(tmp_path, options):
+    wide = np.random.default_rng(1).integers(0, 65536, (24, 24), dtype=np.uint16)
+
+    def first_batches(name: str, image: np.ndarray) -> list[torch.Tensor]:
+        root = imagenet_tree(tmp_path / name, {"train": 4, "test": 2}, classes=["cat", "dog"])
+        Image.fromarray(image).save(root / "train" / "cat" / "cat_16bit.png")
+        data = folders(root, val_fraction=0.25, **options)
+        data.setup("fit")
+        return [batch["pixel_values"] for batch in data.train_dataloader()]
+
+    sixteen, eight = first_batches("wide", wide), first_batches("narrow", (wide >> 8).astype(np.uint8))
+    assert len(sixteen) == len(eight) and all(torch.equal(a, b) for a, b in zip(sixteen, eight, strict=True))
+    assert max(batch.abs().max().item() for batch in sixteen) < 5  # normalised, not 257 times too bright
