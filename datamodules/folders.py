@@ -78,6 +78,8 @@ class ImageFolderDataModule(TransferDataModule):
         _require(len(set(names)) == len(names), "train_split/val_split/test_split", names, "distinct folders")
         if classes is not None and len(set(classes)) != len(classes):
             raise ValueError(f"data.classes lists a class more than once: {classes}")
+        if classes is not None and len(classes) < 2:
+            raise ValueError(f"data.classes must name at least two classes (a classifier needs two), got {classes}")
         self._classes = list(classes) if classes is not None else None
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.test_fraction = test_fraction
@@ -137,6 +139,11 @@ class ImageFolderDataModule(TransferDataModule):
             found = class_folders(first)
             if not found:
                 raise FileNotFoundError(f"no class folders in {first} (expected {first}/<class>/<image files>)")
+            if len(found) == 1:
+                raise ValueError(
+                    f"{first} holds one class folder ({found[0]}): a classifier needs at least two "
+                    f"({first}/<class>/<image files>, one folder per class)"
+                )
             self._classes = found
             self._inferred = first
         return self._classes

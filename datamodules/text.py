@@ -353,7 +353,7 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         splits = STAGE_SPLITS.get(stage or "", SPLITS)
         for split in splits:
-            if split == "test" and not self.test_is_labelled():
+            if split == "test" and stage != "predict" and not self.test_is_labelled():
                 continue  # test loaders are the validation sets: the test rows only serve predict
             self.split_datasets(split)
 

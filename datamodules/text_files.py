@@ -99,38 +99,55 @@ def read_text_file(
     labels: list[float] = []
     ids: list[int] = []
     skipped = 0
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter=file.delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
-        header = list(file.column_names) if file.column_names is not None else [c.strip() for c in next(reader, [])]
+    first_line_of: dict[int, int] = {}  # id -> the line it was first seen on
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(
+                handle, delimiter=file.delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+            )
+            header = list(file.column_names) if file.column_names is not None else [c.strip() for c in next(reader, [])]
+            if not header:
+                raise ValueError(f"{where}: {path} is empty (not even a header line)")
 
-        def column(name: str) -> int:
-            if name not in header:
-                raise ValueError(f"{where}: {path} has no column {name!r} (columns: {header})")
-            return header.index(name)
+            def column(name: str) -> int:
+                if name not in header:
+                    raise ValueError(f"{where}: {path} has no column {name!r} (columns: {header})")
+                return header.index(name)
 
-        text_at = [column(name) for name in file.text_columns]
-        labelled = file.label_column is not None and (require_label or file.label_column in header)
-        label_at = column(file.label_column) if labelled and file.label_column is not None else None
-        index_at = column(file.index_column) if file.index_column is not None else None
-        for row in reader:
-            if not row:
-                continue  # blank line
-            if len(row) != len(header):
-                if file.skip_malformed:
-                    skipped += 1
-                    continue
-                raise ValueError(
-                    f"{where}: {path} line {reader.line_num} has {len(row)} fields, expected {len(header)} ({header})"
-                )
-            try:
-                if label_at is not None:
-                    labels.append(parse_label(row[label_at]))
-                if index_at is not None:
-                    ids.append(int(row[index_at]))
-            except ValueError as error:
-                raise ValueError(f"{where} ({path} line {reader.line_num}): {error}") from None
-            for values, at in zip(texts, text_at, strict=True):
-                values.append(row[at])
+            text_at = [column(name) for name in file.text_columns]
+            labelled = file.label_column is not None and (require_label or file.label_column in header)
+            label_at = column(file.label_column) if labelled and file.label_column is not None else None
+            index_at = column(file.index_column) if file.index_column is not None else None
+            for row in reader:
+                if not row:
+                    continue  # blank line
+                if len(row) != len(header):
+                    if file.skip_malformed:
+                        skipped += 1
+                        continue
+                    raise ValueError(
+                        f"{where}: {path} line {reader.line_num} has {len(row)} fields, expected {len(header)} "
+                        f"({header})"
+                    )
+                try:
+                    if label_at is not None:
+                        labels.append(parse_label(row[label_at]))
+                    if index_at is not None:
+                        ids.append(int(row[index_at]))
+                except ValueError as error:
+                    raise ValueError(f"{where} ({path} line {reader.line_num}): {error}") from None
+                if index_at is not None and first_line_of.setdefault(ids[-1], reader.line_num) != reader.line_num:
+                    raise ValueError(
+                        f"{where}: {path} line {reader.line_num} repeats the id {ids[-1]} of line "
+                        f"{first_line_of[ids[-1]]} in column {file.index_column!r}: ids must be unique (each names "
+                        "one row of the prediction file)"
+                    )
+                for values, at in zip(texts, text_at, strict=True):
+                    values.append(row[at])
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{where}: {path} {_undecodable(path, error)}; save it as UTF-8 and try again") from None
+    if not texts[0]:
+        raise ValueError(f"{where}: {path} has a header but no rows{' that parse' if skipped else ''}")
     if skipped:
         log.warning("%s: skipped %d malformed rows of %s", where, skipped, path)
     n = len(texts[0])
@@ -138,3 +155,14 @@ def read_text_file(
     label_tensor = torch.tensor(labels, dtype=dtype) if label_at is not None else torch.full((n,), -1, dtype=dtype)
     index = torch.tensor(ids, dtype=torch.int64) if index_at is not None else None
     return TextRows(texts, label_tensor, index, str(path), labelled=label_at is not None)
+
+
+def _undecodable(path: Path, error: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8: its first line that does not decode, and the bytes there."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as at:
+                return f"line {number} is not UTF-8 (byte {line[at.start : at.end]!r} at column {at.start + 1})"
+    return f"is not UTF-8 ({error.reason})"

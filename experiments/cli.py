@@ -9,13 +9,14 @@ always loaded first; experiment files and `-c` pieces stack on it.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, WeightAveraging
@@ -29,6 +30,8 @@ from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume, FitS
 from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
+from datamodules.archives import ArchiveError
+from datamodules.decode import UnreadableImageError
 from experiments.config_files import yaml_file_error
 from experiments.tracking import WandbLogger, WandbRunId, wandb_run_id
 from experiments.trainer import Trainer as TransferTrainer
@@ -52,6 +55,12 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def fail(message: str) -> NoReturn:
+    """A bad config, checkpoint or dataset: the message alone (the parser would add its whole usage), exit 2."""
+    say(f"error: {message}")
+    sys.exit(2)
+
+
 def preprocessing_of(backbone: str) -> dict[str, Any]:
     """Link function: a backbone name -> its preprocessing as plain values (serialisable config)."""
     return asdict(backbone_preprocessing(backbone))
@@ -63,6 +72,15 @@ def report_differences(source: str, used: str, differences: list[tuple[str, Any,
         lines = [f"  {key}: config {given!r}, checkpoint {stored!r}" for key, given, stored in differences]
         say(f"{source}: {len(differences)} model settings differ from the checkpoint's; {used} are used{hint}:")
         say("\n".join(lines))
+
+
+def default_argument(cls: type, name: str) -> Any:
+    """The default of argument `name` of `cls`, or of the `__init__` it passes `**kwargs` on to."""
+    for klass in cls.__mro__:
+        parameter = inspect.signature(klass).parameters.get(name) if "__init__" in vars(klass) else None
+        if parameter is not None:
+            return parameter.default
+    return None
 
 
 class SaveConfigToLogger(SaveConfigCallback):
@@ -79,6 +97,7 @@ class TransferCLI(LightningCLI):
         defaults = {"default_config_files": [str(DEFAULTS)]}
         self._with_subcommands = run
         self._wandb_run_id: str | None = None  # of the checkpoint a run resumes from
+        self._checkpoint: Path | None = None  # `--ckpt_path FILE`, whose hyper_parameters the model was built from
         self._command = ["transfer", *(args if args is not None else sys.argv[1:])]  # recorded in checkpoints
         super().__init__(
             TransferModule,
@@ -129,7 +148,7 @@ class TransferCLI(LightningCLI):
         if args is None or isinstance(args, list):
             error = yaml_file_error(list(sys.argv[1:] if args is None else args))
             if error:
-                parser.error(error)
+                fail(error)
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -140,9 +159,8 @@ class TransferCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry"):
             return
-        parser = self._parser(subcommand)
         if not Path(ckpt_path).expanduser().is_file():
-            parser.error(f"ckpt_path: {ckpt_path} does not exist (give a checkpoint file, or `last` to resume the "
+            fail(f"ckpt_path: {ckpt_path} does not exist (give a checkpoint file, or `last` to resume the "
                          "last checkpoint of this run's folder)")  # fmt: skip
         try:
             file, checkpoint = read_checkpoint(ckpt_path, "ckpt_path")
@@ -152,8 +170,9 @@ class TransferCLI(LightningCLI):
             hparams = checkpoint.get("hyper_parameters", {})
             check_hyperparameters(hparams, file, TransferModule)
         except ValueError as error:
-            parser.error(str(error))
+            fail(str(error))
         self._wandb_run_id = wandb_run_id(checkpoint)
+        self._checkpoint = file
         hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
         config = self.config[subcommand]
         report_differences(f"ckpt_path {file}", "the checkpoint's", config_differences(config.get("model"), hparams))
@@ -172,7 +191,7 @@ class TransferCLI(LightningCLI):
             super().instantiate_classes()
         except (FileNotFoundError, ValueError) as error:
             # A bad path or value in the config: say which, exit 2 like any other config error.
-            self._parser(self.subcommand).error(str(error))
+            fail(str(error))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # `early_stopping: null` switches early stopping off: drop forced callbacks set to None.
@@ -192,6 +211,7 @@ class TransferCLI(LightningCLI):
         return self._instantiate_trainer(trainer, extra)
 
     def _run_subcommand(self, subcommand: str) -> None:
+        self._read_data(subcommand)
         failed = True
         try:
             super()._run_subcommand(subcommand)
@@ -200,6 +220,34 @@ class TransferCLI(LightningCLI):
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.finish(failed)
+
+    def _read_data(self, subcommand: str) -> None:
+        """Read and check the data `subcommand` uses before anything is written (no run folder, no W&B run): a
+        missing or malformed file, an unreadable image or a label out of range exits 2 naming it, as a config
+        error does. Lightning's own setup then finds the data read (every datamodule keeps what it read)."""
+        if self.datamodule is None:
+            return
+        try:
+            self.datamodule.prepare_data()
+            self.datamodule.setup(subcommand)  # the subcommands are Lightning's stage names
+        except (ValueError, FileNotFoundError, ArchiveError, UnreadableImageError) as error:
+            fail(str(error))
+        self._check_num_classes(subcommand)
+
+    def _check_num_classes(self, subcommand: str) -> None:
+        """`num_classes` comes from the data: a different one given (`--model.num_classes`) or held by
+        `--ckpt_path`'s model would be silently replaced, or fail later as a raw size mismatch."""
+        init_args = (self.config[subcommand].get("model") or {}).get("init_args") or {}
+        given, used = init_args.get("num_classes"), self.model.hparams.get("num_classes")
+        if given is None or used is None or given == used:
+            return
+        if self._checkpoint is None and given == default_argument(type(self.model), "num_classes"):
+            return  # not given: the class default
+        data = type(self.datamodule).__name__
+        if self._checkpoint is not None:
+            fail(f"ckpt_path: {self._checkpoint} holds a model of {given} classes, but the data ({data}) has {used}")
+        fail(f"model.num_classes={given}, but the data ({data}) has {used} classes: the model takes its num_classes "
+             "from the data, leave model.num_classes out")  # fmt: skip
 
     def before_fit(self) -> None:
         self._fit_seconds.start()
@@ -233,7 +281,7 @@ class TransferCLI(LightningCLI):
         try:
             file, checkpoint = read_checkpoint(newest, "ckpt_path")
         except ValueError as error:  # an unreadable last.ckpt: exit 2 naming it, as for an explicit path
-            self._parser(self.subcommand).error(str(error))
+            fail(str(error))
         self._wandb_run_id = wandb_run_id(checkpoint)
         hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         differences = config_differences(self.config[self.subcommand].get("model"), hparams)

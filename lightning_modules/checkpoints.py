@@ -22,6 +22,10 @@ def read_checkpoint(path: str, key: str) -> tuple[Path, Any]:
     try:
         return file, torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
+        with open(file, "rb") as handle:
+            head = handle.read(4)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+            raise ValueError(f"{key}: {file} is not a PyTorch checkpoint (it starts with {head!r})") from None
         raise ValueError(f"{key}: cannot read {file}: {error}") from error
 
 

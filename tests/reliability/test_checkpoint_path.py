@@ -71,7 +71,9 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_exits_2_naming_it(in_tmp, c
     (in_tmp / "notes.ckpt").write_text("not a checkpoint\n")
     with pytest.raises(SystemExit) as raised:
         cli_main([*TINY, "--ckpt_path", "notes.ckpt"])
-    assert raised.value.code == 2 and "ckpt_path: cannot read notes.ckpt" in capsys.readouterr().err
+    assert raised.value.code == 2 and "ckpt_path: notes.ckpt is not a PyTorch checkpoint (it starts with b'not ')" in (
+        capsys.readouterr().err
+    )
     torch.save({"state_dict": {}}, in_tmp / "empty.ckpt")  # no hyper_parameters: nothing to compare or overlay
     with pytest.raises(SystemExit) as raised:
         cli_main([*TINY, "--ckpt_path", "empty.ckpt"])

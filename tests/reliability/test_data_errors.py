@@ -16,11 +16,13 @@ import torch
 import torchvision.datasets.cifar as torchvision_cifar
 from image_trees import imagenet_tree
 from PIL import Image
+from support import TINY_GLUE, TINY_RUN
 from torchvision.datasets import CIFAR10
 
 from datamodules import CIFAR10DataModule, GLUEDataModule, ImageFolderDataModule, Preprocessing
 from datamodules.cifar10 import BATCHES_FOLDER, CIFAR10_CLASSES
 from datamodules.decode import UnreadableImageError, decode_image_file, pil_to_rgb
+from experiments.cli import CONFIGS, cli_main
 
 SMALL = Preprocessing(image_size=32)
 GLUE_FIXTURES = Path(__file__).parents[1] / "datamodules" / "fixtures" / "glue"
@@ -196,3 +198,62 @@ def test_a_16_bit_png_among_jpegs_trains_exactly_like_its_8_bit_twin(tmp_path, o
     sixteen, eight = first_batches("wide", wide), first_batches("narrow", (wide >> 8).astype(np.uint8))
     assert len(sixteen) == len(eight) and all(torch.equal(a, b) for a, b in zip(sixteen, eight, strict=True))
     assert max(batch.abs().max().item() for batch in sixteen) < 5  # normalised, not 257 times too bright
+
+
+RTE_DATA = {  # file -> (how it is broken, what the message names)
+    "header-only": ("train.tsv", lambda text: text.splitlines()[0] + "\n", "train.tsv has a header but no rows"),
+    "empty": ("train.tsv", lambda text: "", "train.tsv is empty"),
+    "latin-1": ("train.tsv", lambda text: text + "9\tCaf\xe9 au lait.\tA drink.\tentailment\n", "train.tsv line"),
+    "duplicate-id": ("test.tsv", lambda text: text + text.splitlines()[1] + "\n", "test.tsv line"),
+}
+
+
+@pytest.mark.parametrize("case", RTE_DATA)
+def test_bad_text_data_exits_2_naming_file_and_line_and_creates_nothing(case, tmp_path, monkeypatch, capsys):
+    name, damage, named = RTE_DATA[case]
+    root = tmp_path / "glue"
+    shutil.copytree(GLUE_FIXTURES / "RTE", root / "RTE")
+    encoding = "latin-1" if case == "latin-1" else "utf-8"
+    (root / "RTE" / name).write_bytes(damage((root / "RTE" / name).read_text()).encode(encoding))
+    monkeypatch.chdir(tmp_path)
+    command = "predict" if name == "test.tsv" else "fit"
+    config = ["-c", str(CONFIGS / "glue" / "rte.yaml"), *TINY_GLUE, "--data.init_args.root", str(root)]
+    with pytest.raises(SystemExit) as raised:
+        cli_main([command, *config])
+    error = capsys.readouterr().err
+    assert raised.value.code == 2 and named in error, error[-2000:]
+    details = {"latin-1": "is not UTF-8 (byte b'\\xe9'", "duplicate-id": "repeats the id 0 of line 2"}
+    assert details.get(case, "") in error
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "wandb").exists()
+
+
+def one_class_folder(tmp_path) -> list[str]:
+    imagenet_tree(tmp_path / "images", {"train": 4, "test": 2}, classes=["cat"])
+    return ["--data", "ImageFolderDataModule", "--data.root", str(tmp_path / "images")]
+
+
+def three_class_checkpoint(tmp_path) -> list[str]:
+    cli_main(["fit", *TINY_RUN, "--data.num_classes", "3", "--trainer.max_epochs", "1"])
+    return ["--ckpt_path", str(shutil.copy(next((tmp_path / "runs").rglob("last.ckpt")), tmp_path / "three.ckpt"))]
+
+
+MISMATCHES = {  # the arguments added to a tiny run (4 classes), and what the message says
+    "one-class-folder": (one_class_folder, "holds one class folder (cat): a classifier needs at least two"),
+    "num-classes-given": (lambda tmp_path: ["--model.num_classes", "3"], "model.num_classes=3, but the data"),
+    "checkpoint-of-3-classes": (three_class_checkpoint, "holds a model of 3 classes, but the data (Synthetic"),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+def test_data_that_does_not_fit_the_model_exits_2_with_one_line(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make, named = MISMATCHES[case]
+    extra = make(tmp_path)
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        cli_main(["test" if "--ckpt_path" in extra else "fit", *TINY_RUN, *extra])
+    error = capsys.readouterr().err
+    assert raised.value.code == 2 and named in error, error[-2000:]
+    assert "usage:" not in error and "Traceback" not in error
+    assert not (tmp_path / "runs").exists()
