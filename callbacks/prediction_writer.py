@@ -3,17 +3,22 @@
 The datamodule says how files are named (`prediction_names`, e.g. GLUE's `RTE`, `MNLI-m`, `MNLI-mm`),
 which strings the classes are written as (`label_names`, else `class_names`, else the class id) and
 the range regression predictions are clipped to (`label_range`, STS-B 0-5). Rows carry the batch's
-`index` (GLUE's test ids); under DDP the ranks' rows are gathered on rank 0, repeated ids dropped.
+`index` (GLUE's test ids, unique: the datamodule refuses a file that repeats one); under DDP the ranks' rows are
+gathered on rank 0 and the ids the distributed sampler repeats are dropped. SIGTERM stops prediction after the
+batch in progress and keeps the rows done (`on_exception`).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from datamodules.cache import write_atomically
@@ -45,23 +50,39 @@ class PredictionWriter(Callback):
         if not isinstance(batch, dict) or "index" not in batch:
             raise ValueError("PredictionWriter needs batches with an `index` entry (every datamodule here has one)")
         self._rows.setdefault(dataloader_idx, []).append((batch["index"].detach(), outputs.detach()))
+        if trainer.received_sigterm:  # Lightning's predict loop, unlike its others, does not stop on SIGTERM
+            raise SIGTERMException
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module, partial=False)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Pre-empted (SIGTERM): the rows predicted so far go to `<name>.partial.tsv` (each rank its own: no
+        collective after a signal), never under the final name; the process exits 143 (`CheckpointOnSigterm`)."""
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.PREDICTING and self._rows:
+            self._write(trainer, pl_module, partial=True)
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, partial: bool) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         names = list(getattr(datamodule, "prediction_names", None) or [])
         folder = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
         for loader, rows in sorted(self._rows.items()):
             index = torch.cat([i for i, _ in rows])
             outputs = torch.cat([o for _, o in rows])
-            if trainer.world_size > 1:
+            if trainer.world_size > 1 and not partial:
                 index, outputs = _gather(pl_module, index), _gather(pl_module, outputs)
-            if not trainer.is_global_zero:
+            if not trainer.is_global_zero and not partial:
                 continue
             index, first = _unique_sorted(index.cpu())
             name = names[loader] if loader < len(names) else f"predictions_{loader}" if loader else "predictions"
+            if partial:
+                name += f".rank{trainer.global_rank}.partial" if trainer.world_size > 1 else ".partial"
             path = folder / f"{name}.tsv"
             _write_tsv(path, index, format_predictions(outputs.cpu()[first], datamodule))
-            rank_zero_info(f"predictions: {len(index)} rows written to {path}")
+            if partial:
+                print(f"SIGTERM: predictions stopped; the {len(index)} rows done are in {path}", file=sys.stderr)
+            else:
+                rank_zero_info(f"predictions: {len(index)} rows written to {path}")
         self._rows = {}
 
 

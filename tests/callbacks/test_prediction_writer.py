@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import GLUE_FIXTURES, TINY_GLUE, quiet_trainer
+from support import GLUE_FIXTURES, TINY_GLUE, TINY_RUN, quiet_trainer
 
 from callbacks.prediction_writer import PredictionWriter, _unique_sorted, format_predictions
 from datamodules import SyntheticDataModule, TextDataModule
@@ -108,3 +108,20 @@ def test_a_users_text_predictions_carry_its_ids_and_label_names(tmp_path):
     rows = read_tsv(tmp_path / "out" / "new_predictions.tsv")
     assert [r["index"] for r in rows] == ["70", "71"]
     assert {r["prediction"] for r in rows} <= {"neg", "pos"}
+
+
+@pytest.mark.parametrize("command", ["predict", "test"])
+def test_sigterm_stops_predict_and_test_with_exit_143_keeping_the_rows_done(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "helpers"))
+    run = [command, *TINY_RUN, "--data.num_samples", "160", "--predictions.output_dir", str(tmp_path / "out")]
+    cli_main(["predict", *run[1:]])  # uninterrupted: 20 test rows (of 160 synthetic samples), 8 per batch
+    everything = read_tsv(tmp_path / "out" / "predictions.tsv")
+    (tmp_path / "out" / "predictions.tsv").unlink()
+    with pytest.raises(SystemExit) as raised:
+        cli_main([*run, "--trainer.callbacks+", "reliability_probes.SigtermAtBatch", "--trainer.callbacks.batch", "0"])
+    assert raised.value.code == 143  # pre-empted, not finished: the caller can tell
+    assert not (tmp_path / "out" / "predictions.tsv").exists()
+    if command == "predict":
+        done = read_tsv(tmp_path / "out" / "predictions.partial.tsv")
+        assert 0 < len(done) < len(everything) and done == everything[: len(done)]

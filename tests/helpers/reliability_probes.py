@@ -63,3 +63,16 @@ class Probe(Callback):
 def read_steps(directory, rank=0):
     path = Path(directory) / f"steps_rank{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class SigtermAtBatch(Callback):
+    """Sends SIGTERM to this process after evaluation or prediction batch `batch` (a scheduler's pre-emption)."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    on_predict_batch_end = on_test_batch_end
