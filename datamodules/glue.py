@@ -190,7 +190,11 @@ class GLUEDataModule(TextDataModule):
     # --- rows ----------------------------------------------------------------------------------------
 
     def available_splits(self) -> list[str]:
-        return list(SPLITS)
+        """Every split, but a task folder's test files only where they are: fitting needs train and dev alone (many
+        keep GLUE without its unlabelled test files); predict still asks for them, naming the missing file."""
+        if self.task_dir is None:
+            return list(SPLITS)
+        return [s for s in SPLITS if s != "test" or all(file.path.is_file() for file in self.split_files(s))]
 
     def test_is_labelled(self) -> bool:
         return False

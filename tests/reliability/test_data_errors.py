@@ -4,6 +4,7 @@ range, and GLUE's -1 "no label" in a training split, stop setup naming the split
 
 import hashlib
 import importlib.machinery
+import json
 import pickle
 import shutil
 import sys
@@ -257,3 +258,28 @@ def test_data_that_does_not_fit_the_model_exits_2_with_one_line(case, tmp_path, 
     assert raised.value.code == 2 and named in error, error[-2000:]
     assert "usage:" not in error and "Traceback" not in error
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_glue_folder_without_test_files_fits_and_only_predict_asks_for_them(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "glue"
+    shutil.copytree(GLUE_FIXTURES / "RTE", root / "RTE")
+    (root / "RTE" / "test.tsv").unlink()  # train and dev only, as many keep GLUE
+    monkeypatch.chdir(tmp_path)
+    config = ["-c", str(CONFIGS / "glue" / "rte.yaml"), *TINY_GLUE, "--data.init_args.root", str(root)]
+    quick = [
+        "-c",
+        str(CONFIGS / "logger" / "csv.yaml"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    cli_main(["fit", *config, *quick])
+    metadata = json.loads(next((tmp_path / "runs").rglob("run_metadata.json")).read_text())
+    assert len(metadata["data_fingerprint"]) == 64
+    with pytest.raises(SystemExit) as raised:
+        cli_main(["predict", *config, *quick])
+    assert (
+        raised.value.code == 2
+        and f"rte test split: {root / 'RTE' / 'test.tsv'} does not exist" in capsys.readouterr().err
+    )
