@@ -12,7 +12,7 @@ from rich.console import Console
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from datamodules.cache import save_atomically
+from datamodules.cache import cache_root, save_atomically
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -45,11 +45,13 @@ def extract_features(backbone: nn.Module, loader: DataLoader) -> Tensor:
 class FeatureEncoder:
     """`(split, un-augmented loader) -> features`, keyed by backbone name + weights + data fingerprint."""
 
-    def __init__(self, backbone: nn.Module, name: str, fingerprint: Callable[[str], str], cache_dir: str | None):
+    def __init__(self, backbone: nn.Module, name: str, fingerprint: Callable[[str], str], cache_dir: bool | str | None):
         self.backbone = backbone
         self.name = name
         self.fingerprint = fingerprint
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        # true: `features/` in the cache root ($TRANSFER_CACHE_DIR); a path: there; None or false: in memory only
+        folder = cache_root() / "features" if cache_dir is True else cache_dir or None
+        self.cache_dir = Path(folder).expanduser() if folder else None
         self._weights = weights_digest(backbone)
         self.extracted: list[str] = []  # splits computed (not read from disk) by this encoder
 

@@ -16,7 +16,8 @@ class FeatureExtraction(TransferModule):
         cache_features: Compute the backbone features of the un-augmented train and val sets once and
             train the head on them (augmentation is then off for training).
         feature_cache_dir: Folder where cached features persist between runs, keyed by backbone weights
-            and data fingerprint; None keeps them in memory for this run only.
+            and data fingerprint; true: `features/` in the cache root (`$TRANSFER_CACHE_DIR`, default
+            `~/.cache/transfer`); None keeps them in memory for this run only.
         head_init: `imagenet_rows` starts the head from the pretrained ImageNet classifier's rows for the
             data's classes (an ImageNet subset, see `lightning_modules.imagenet_head`); `random` does not.
     """
@@ -24,7 +25,7 @@ class FeatureExtraction(TransferModule):
     def __init__(
         self,
         cache_features: bool = False,
-        feature_cache_dir: str | None = None,
+        feature_cache_dir: bool | str | None = None,
         head_init: Literal["random", "imagenet_rows"] = "random",
         **kwargs: Any,
     ):

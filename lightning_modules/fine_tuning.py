@@ -42,7 +42,8 @@ class FineTuning(TransferModule):
             so the first steps train the head before its error reaches the backbone); `random` is PyTorch's
             default initialisation.
         probe_l2: L2 penalty of that linear probe.
-        feature_cache_dir: Where the probe's features persist between runs; None keeps them in memory.
+        feature_cache_dir: Where the probe's features persist between runs (true: `features/` in the cache
+            root, `$TRANSFER_CACHE_DIR`); None keeps them in memory.
     """
 
     def __init__(
@@ -53,7 +54,7 @@ class FineTuning(TransferModule):
         bn_policy: Literal["train", "eval", "freeze"] | None = None,
         head_init: Literal["random", "zero", "linear_probe", "imagenet_rows"] = "random",
         probe_l2: float = 1e-3,
-        feature_cache_dir: str | None = None,
+        feature_cache_dir: bool | str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)

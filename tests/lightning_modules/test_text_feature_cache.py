@@ -5,14 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning import Callback, Trainer
 from support import GLUE_FIXTURES as FIXTURES
 from support import quiet_trainer
 
 from datamodules import GLUEDataModule
 from datamodules.samplers import EpochSeededRandomSampler
+from experiments.cli import CONFIGS
 from lightning_modules import FeatureExtraction, FineTuning
 from lightning_modules.backbones import backbone_preprocessing
+from lightning_modules.feature_cache import FeatureEncoder
 
 
 def glue(task: str, tmp_path: Path, **kwargs) -> GLUEDataModule:
@@ -170,3 +173,13 @@ def test_lp_ft_probes_the_head_on_text_features_before_fine_tuning(tmp_path):
 def test_lp_ft_refuses_regression_by_name():
     with pytest.raises(ValueError, match="head_init=linear_probe"):
         FineTuning(backbone="tiny_bert", pretrained=False, num_classes=1, head_init="linear_probe")
+
+
+def test_the_shipped_feature_caches_follow_transfer_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path))
+    configs = sorted(CONFIGS.glob("*/feature_extraction.yaml"))
+    assert len(configs) >= 4
+    for config in configs:
+        value = yaml.safe_load(config.read_text())["model"]["init_args"]["feature_cache_dir"]
+        assert FeatureEncoder(torch.nn.Linear(1, 1), "x", str, value).cache_dir == tmp_path / "features", config
+    assert FeatureEncoder(torch.nn.Linear(1, 1), "x", str, None).cache_dir is None
