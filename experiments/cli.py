@@ -94,7 +94,8 @@ class SaveConfigToLogger(SaveConfigCallback):
 
 class TransferCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
-        defaults = {"default_config_files": [str(DEFAULTS)]}
+        # No abbreviations: `--trainer.max_epoch 1` is an error, not silently `max_epochs`.
+        defaults = {"default_config_files": [str(DEFAULTS)], "allow_abbrev": False}
         self._with_subcommands = run
         self._wandb_run_id: str | None = None  # of the checkpoint a run resumes from
         self._checkpoint: Path | None = None  # `--ckpt_path FILE`, whose hyper_parameters the model was built from
@@ -107,7 +108,9 @@ class TransferCLI(LightningCLI):
             save_config_callback=SaveConfigToLogger,
             save_config_kwargs={"overwrite": True},
             # With subcommands (run=True) the arguments live in one parser per subcommand, named by its key.
-            parser_kwargs={name: defaults for name in self.subcommands()} if run else defaults,
+            parser_kwargs={"allow_abbrev": False, **{name: defaults for name in self.subcommands()}}
+            if run
+            else defaults,
             auto_configure_optimizers=False,
             trainer_class=TransferTrainer,  # precision: auto
             args=args,

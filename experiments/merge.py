@@ -52,7 +52,10 @@ def merge_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="transfer merge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        prog="transfer merge",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of a run with model.adapter")
     parser.add_argument("--output", "-o", type=Path, help="the merged checkpoint (default: <checkpoint>.merged.ckpt)")

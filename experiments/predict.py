@@ -98,7 +98,10 @@ def load_predictor(model: Path, device: str, work: Path) -> Predictor:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="transfer predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        prog="transfer predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, type=Path, help=f"an export folder (with {CONFIG}) or a checkpoint")
     parser.add_argument("--inputs", required=True, help="a folder of images, or a .csv / .tsv file of texts")

@@ -29,7 +29,10 @@ from experiments.selection.spec import DEFAULT_RANK_BY, Selection, check_scores,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="transfer select", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        prog="transfer select",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("selection", type=Path, nargs="?", help="a selection file (experiments/selections/*.yaml)")
     parser.add_argument("-c", "--config", dest="configs", type=Path, action="append", default=[], metavar="FILE",

@@ -21,7 +21,7 @@ from experiments.weight_space.options import add_config_arguments, config_argume
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transfer soup", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="transfer soup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("checkpoints", type=Path, nargs="+", help="fine-tuned checkpoints of one architecture")
     add_config_arguments(parser)

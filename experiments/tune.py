@@ -36,7 +36,7 @@ DEFAULT_PROGRAM = f"{shlex.quote(sys.executable)} -m experiments.cli"  # as `tra
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transfer tune", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="transfer tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("search", type=Path, help="a search file (experiments/searches/*.yaml)")
     parser.add_argument("-c", "--config", dest="configs", type=Path, action="append", default=[], metavar="FILE",

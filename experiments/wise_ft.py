@@ -23,7 +23,7 @@ ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transfer wise-ft", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="transfer wise-ft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("start", type=Path, help="checkpoint before fine-tuning (zero-shot or linear probe)")
     parser.add_argument("end", type=Path, help="the fine-tuned checkpoint (same architecture)")

@@ -113,7 +113,10 @@ def check_batches(predictor: Predictor, source: str | Path | None, count: int = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="transfer export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        prog="transfer export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt_path", required=True, type=Path, help="a checkpoint written by `transfer fit`")
     parser.add_argument("--out", required=True, type=Path, help="the export folder (replaced if it exists)")

@@ -1,7 +1,9 @@
 """Item 6: a bad config exits 2 within seconds, names the key, path or line, and creates no run folder and no
 W&B run; a YAML tag that would run code is refused without running it."""
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,6 +11,7 @@ import time
 import pytest
 
 from experiments.cli import cli_main
+from experiments.entry import COMMANDS
 
 TINY = [
     "fit",
@@ -76,3 +79,26 @@ def test_bad_config_process_exits_2_within_seconds(case, tmp_path):
     assert "Traceback" not in done.stderr
     assert seconds < 30, f"took {seconds:.1f} s (imports alone take about 5 s)"
     assert nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("option", ["--trainer.max_epoch", "--trainer.max_ep"])
+def test_an_abbreviated_option_is_refused_not_expanded(option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as raised:
+        cli_main([*TINY, option, "1"])
+    assert raised.value.code == 2 and f"unrecognized arguments: {option} 1" in capsys.readouterr().err
+    assert nothing_created(tmp_path)
+
+
+SUBCOMMANDS = {**{name: module for name, (module, _) in COMMANDS.items()}, "predict": "experiments.predict"}
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_the_subcommands_refuse_abbreviated_options_too(command, capsys):
+    abbreviation = "--outp" if command == "merge" else "--ou"  # of --output, and of --out everywhere else
+    with pytest.raises(SystemExit) as raised:
+        required = ["--model", "m", "--inputs", "i"] if command == "predict" else []  # --out is optional there
+        importlib.import_module(SUBCOMMANDS[command]).main([*required, abbreviation, "somewhere"])
+    error = capsys.readouterr().err  # not expanded: either refused as such, or the full option is still missing
+    assert raised.value.code == 2
+    assert f"unrecognized arguments: {abbreviation}" in error or re.search(r"required: .*--out", error), error
