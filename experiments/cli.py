@@ -300,6 +300,9 @@ class TransferCLI(LightningCLI):
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:
             best = checkpoint.best_model_path
             score = None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
+        if self.trainer.global_step == 0:
+            say("warning: test_after_fit: no training step was taken (see trainer.max_epochs / max_steps), so the "
+                "results are those of the model as it started, untrained")  # fmt: skip
         metrics = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         if self.trainer.is_global_zero:
             results = {
@@ -308,6 +311,7 @@ class TransferCLI(LightningCLI):
                 "best_score": score,
                 "fit_seconds": round(fit_seconds, 2),
                 "epochs": self.trainer.current_epoch,
+                "steps": self.trainer.global_step,
             }
             path = Path(self.trainer.log_dir or ".") / "results.json"
             path.write_text(json.dumps(results, indent=2) + "\n")

@@ -218,6 +218,13 @@ def test_fit_records_config_metadata_and_test_results(in_tmp):
     assert resumed.config.fit.weights_only is True and resumed.trainer.current_epoch == 3
 
 
+def test_test_after_fit_of_an_untrained_model_says_so(in_tmp, capsys):
+    cli_main(["fit", *TINY, *csv_logger(in_tmp), "--test_after_fit", "true", "--trainer.max_epochs", "0"])
+    results = json.loads(next(in_tmp.glob("csv/version_*/results.json")).read_text())
+    assert results["steps"] == 0 and "test/acc" in results["test"]
+    assert "no training step was taken" in capsys.readouterr().err
+
+
 def test_early_stopping_can_be_switched_off(in_tmp):
     cli = cli_main(
         [
