@@ -233,6 +233,7 @@ class TransferCLI(LightningCLI):
         try:
             self.datamodule.prepare_data()
             self.datamodule.setup(subcommand)  # the subcommands are Lightning's stage names
+            self.model.check_data(self.datamodule)
         except (ValueError, FileNotFoundError, ArchiveError, UnreadableImageError) as error:
             fail(str(error))
         self._check_num_classes(subcommand)

@@ -141,6 +141,9 @@ class TransferModule(LightningModule):
         inference: what `forward` needs and nothing that only training needs (see `Distillation`)."""
         return instantiate_module(TransferModule, {k: v for k, v in hparams.items() if k != "_instantiator"})
 
+    def check_data(self, datamodule: Any) -> None:
+        """Refuse (ValueError) data this strategy cannot use; the CLI calls it before anything is written."""
+
     def inference_heads(self) -> dict[str, nn.Module]:
         """The trained heads by task name (one task: `default`): what `transfer export` writes out."""
         return {"default": self.head}

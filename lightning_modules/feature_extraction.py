@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from lightning_modules.base import ParamGroup, TransferModule
 from lightning_modules.feature_cache import FeatureEncoder
-from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows
+from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows, imagenet_indices_of
 
 
 class FeatureExtraction(TransferModule):
@@ -51,6 +51,10 @@ class FeatureExtraction(TransferModule):
                 )
             encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
             datamodule.set_input_encoder(encoder)
+
+    def check_data(self, datamodule: Any) -> None:
+        if self.head_init == "imagenet_rows":
+            imagenet_indices_of(datamodule, "model.head_init=imagenet_rows")
 
     def on_fit_start(self) -> None:
         if self.head_init == "imagenet_rows" and self.trainer.ckpt_path is None:  # a resumed head is kept

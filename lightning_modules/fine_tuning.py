@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_modules.base import ParamGroup, TransferModule
 from lightning_modules.feature_cache import FeatureEncoder
-from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows
+from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows, imagenet_indices_of
 from lightning_modules.linear_probe import fit_linear_probe
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -98,6 +98,10 @@ class FineTuning(TransferModule):
             for norm in batch_norms(self.backbone):
                 norm.eval()
         return self
+
+    def check_data(self, datamodule: Any) -> None:
+        if self.head_init == "imagenet_rows":
+            imagenet_indices_of(datamodule, "model.head_init=imagenet_rows")
 
     def on_fit_start(self) -> None:
         if self.trainer.ckpt_path is not None:  # resumed: the checkpoint already holds the head

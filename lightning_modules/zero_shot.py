@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_modules.base import ParamGroup, TransferModule
-from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows
+from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows, imagenet_indices_of
 
 
 class ZeroShot(TransferModule):
@@ -20,6 +20,9 @@ class ZeroShot(TransferModule):
         check_imagenet_rows(self, "model ZeroShot")
         self.backbone.requires_grad_(False)
         self.head.requires_grad_(False)
+
+    def check_data(self, datamodule: Any) -> None:
+        imagenet_indices_of(datamodule, "model ZeroShot")
 
     def setup(self, stage: str) -> None:
         if stage == "fit":

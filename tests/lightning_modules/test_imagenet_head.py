@@ -141,3 +141,19 @@ def test_efficientnet_lite0_zero_shot_on_real_imagenette_images(shared, tmp_path
     )  # fmt: skip
     (result,) = quiet_trainer().test(model, datamodule=data, verbose=False)
     assert result["test/acc"] >= 0.9  # 99 % over the whole split (README of ../shared)
+
+
+@pytest.mark.parametrize(
+    ("command", "model"),
+    [("fit", ["FineTuning", "--model.head_init", "imagenet_rows"]), ("test", ["ZeroShot"])],
+    ids=["imagenet_rows", "zero-shot"],
+)
+def test_the_cli_refuses_data_without_imagenet_indices_before_anything_runs(
+    command, model, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as raised:
+        cli_main([command, "--model", *model, "--model.backbone", HEADED, "--data", "SyntheticDataModule"])
+    assert raised.value.code == 2
+    assert "SyntheticDataModule does not give: use datamodules.ImageNetSubsetDataModule" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
