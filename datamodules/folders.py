@@ -46,8 +46,8 @@ class ImageFolderDataModule(TransferDataModule):
     Args:
         root: A folder holding the split folders, or a .tar / .tar.gz of one (extracted once into the
             cache; an archive may wrap everything in one top folder).
-        classes: Class folder names in label order; None: every folder of the first split found, sorted
-            (every other split must then hold the same classes).
+        classes: Class folder names in label order (a list, or one comma-separated string); None: every
+            folder of the first split found, sorted (every other split must then hold the same classes).
         train_split: Folder of the training pool; null for evaluation only.
         val_split: Folder of the validation split (see above).
         test_split: Folder of the test split.
@@ -61,7 +61,7 @@ class ImageFolderDataModule(TransferDataModule):
     def __init__(
         self,
         root: str | None = None,
-        classes: list[str] | None = None,
+        classes: list[str] | str | None = None,
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
@@ -76,6 +76,8 @@ class ImageFolderDataModule(TransferDataModule):
         _require(on_bad_file in ("error", "skip"), "on_bad_file", on_bad_file, "'error' or 'skip'")
         names = [n for n in (train_split, val_split, test_split) if n is not None]
         _require(len(set(names)) == len(names), "train_split/val_split/test_split", names, "distinct folders")
+        if isinstance(classes, str):  # `--data.classes n01443537,n01629819`, as typed
+            classes = [name.strip() for name in classes.split(",") if name.strip()]
         if classes is not None and len(set(classes)) != len(classes):
             raise ValueError(f"data.classes lists a class more than once: {classes}")
         if classes is not None and len(classes) < 2:

@@ -116,7 +116,10 @@ def read_wnid_file(path: Path) -> list[str]:
 
 
 def resolve_wnids(classes: Sequence[str] | str) -> list[str]:
-    """A preset name, a wnid file, or a list of wnids -> the checked wnids in sorted (label) order."""
+    """A preset name, a wnid file, or a list of wnids (or one comma-separated string of them) -> the checked
+    wnids in sorted (label) order."""
+    if isinstance(classes, str) and "," in classes:  # `--data.classes n01443537,n01629819`, as typed
+        classes = [wnid.strip() for wnid in classes.split(",") if wnid.strip()]
     if not isinstance(classes, str):
         return check_wnids(list(classes), "data.classes")
     if classes in PRESETS:
@@ -126,5 +129,5 @@ def resolve_wnids(classes: Sequence[str] | str) -> list[str]:
         return check_wnids(read_wnid_file(path), f"data.classes file {path}")
     raise ValueError(
         f"data.classes={classes!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file of wnids; "
-        "give a list of wnids for explicit classes"
+        "give wnids for explicit classes: n01443537,n01629819 or [n01443537, n01629819]"
     )

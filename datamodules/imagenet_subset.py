@@ -18,7 +18,8 @@ class ImageNetSubsetDataModule(ImageFolderDataModule):
 
     Args:
         classes: A preset (`imagenette`, `imagewoof`, `imagenet100`: CMC's ImageNet-100), a file with one
-            wnid per line, or a list of wnids; None: every wnid folder of the first split found.
+            wnid per line, or wnids (a list, or one comma-separated string); None: every wnid folder of the first
+            split found.
         **kwargs: ImageFolderDataModule's arguments (root, splits, on_bad_file, max_per_class, ...).
     """
 

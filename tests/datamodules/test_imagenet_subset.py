@@ -10,6 +10,7 @@ from PIL import Image
 from datamodules import ImageFolderDataModule, ImageNetSubsetDataModule, Preprocessing
 from datamodules.decode import UnreadableImageError, decode_image_file
 from datamodules.imagenet_classes import IMAGENETTE
+from experiments.cli import cli_main
 
 SMALL = Preprocessing(image_size=16)
 WNIDS = sorted(IMAGENETTE[:3])
@@ -110,6 +111,17 @@ def test_a_class_subset_ignores_other_folders_and_missing_ones_are_named(tmp_pat
     assert {f.split("/")[1] for s in ("train", "val", "test") for f in files(dm, s)} == {WNIDS[0], WNIDS[2]}
     with pytest.raises(FileNotFoundError, match="class folder not found: .*/val/n03000684"):
         make(root, classes="imagenette").setup()  # the first preset class without a folder
+
+
+@pytest.mark.parametrize("cls", [ImageNetSubsetDataModule, ImageFolderDataModule])
+def test_classes_typed_on_the_command_line_as_a_comma_list_or_a_list(cls, tmp_path):
+    root = str(imagenet_tree(tmp_path / "in", {"val": 4}))
+    for typed in (f"{WNIDS[0]},{WNIDS[2]}", f"[{WNIDS[0]}, {WNIDS[2]}]"):
+        cli = cli_main(["--model", "FineTuning", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
+                        "--data", cls.__name__, "--data.root", root, "--data.classes", typed], run=False)  # fmt: skip
+        assert cli.datamodule.class_names == [WNIDS[0], WNIDS[2]] and cli.model.hparams.num_classes == 2
+    with pytest.raises(ValueError, match="at least two classes"):
+        make(root, cls=ImageFolderDataModule, classes=WNIDS[0])
 
 
 def test_empty_class_folder_is_an_error_naming_the_class(tmp_path):
