@@ -241,6 +241,10 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
             for split, samples in self._samples.items()
         }
 
+    def split_labels(self) -> dict[str, torch.Tensor]:
+        """The labels of each split set up, after caps and carve-outs (what a run trains and tests on)."""
+        return {split: samples.labels for split, samples in getattr(self, "_samples", {}).items()}
+
     def _split_samples(self, split: str) -> ImageDataset:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")

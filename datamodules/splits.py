@@ -58,3 +58,17 @@ def validate_labels(labels: torch.Tensor, num_classes: int, split: str) -> None:
             f"{split} split: label {int(labels[i])} (sample {i}) is outside [0, {num_classes}) "
             f"for a dataset with {num_classes} classes"
         )
+
+
+def describe_splits(labels: dict[str, torch.Tensor]) -> str:
+    """`train 1,800 (180 per class), val 200 (20 per class), test 2,000 (150 to 250 per class)`: the sizes of the
+    splits a run uses, after caps and carve-outs. Unlabelled (-1) or regression labels give the count alone."""
+    parts = []
+    for split, values in labels.items():
+        text = f"{split} {len(values):,}"
+        if not values.is_floating_point() and len(values) and int(values.min()) >= 0:
+            counts = torch.bincount(values)
+            low, high = int(counts.min()), int(counts.max())
+            text += f" ({low} per class)" if low == high else f" ({low} to {high} per class)"
+        parts.append(text)
+    return ", ".join(parts)

@@ -357,6 +357,10 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
                 continue  # test loaders are the validation sets: the test rows only serve predict
             self.split_datasets(split)
 
+    def split_labels(self) -> dict[str, torch.Tensor]:
+        """The labels of each split read so far (validation files together), after `train_limit`."""
+        return {split: torch.cat([dataset.labels for dataset in datasets]) for split, datasets in self.datasets.items()}
+
     def test_is_labelled(self) -> bool:
         """Whether `test_dataloader` evaluates on the test files (else on the validation sets)."""
         return bool(self.test_files) and all(rows.labelled for rows in self.rows("test"))

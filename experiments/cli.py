@@ -32,6 +32,7 @@ from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
 from datamodules.archives import ArchiveError
 from datamodules.decode import UnreadableImageError
+from datamodules.splits import describe_splits
 from experiments.config_files import yaml_file_error
 from experiments.tracking import WandbLogger, WandbRunId, wandb_run_id
 from experiments.trainer import Trainer as TransferTrainer
@@ -234,6 +235,9 @@ class TransferCLI(LightningCLI):
             self.datamodule.prepare_data()
             self.datamodule.setup(subcommand)  # the subcommands are Lightning's stage names
             self.model.check_data(self.datamodule)
+            split_labels = getattr(self.datamodule, "split_labels", None)
+            if split_labels is not None:
+                say(f"data: {describe_splits(split_labels())}")
         except (ValueError, FileNotFoundError, ArchiveError, UnreadableImageError) as error:
             fail(str(error))
         self._check_num_classes(subcommand)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.splits import cap_per_class, stratified_split, validate_labels
+from datamodules.splits import cap_per_class, describe_splits, stratified_split, validate_labels
 
 LABELS = np.repeat(np.arange(4), [50, 30, 7, 1])  # unbalanced on purpose
 
@@ -67,3 +67,13 @@ def test_validate_labels_names_split_and_value():
 def test_validate_labels_requires_int64():
     with pytest.raises(ValueError, match="train split: labels must be int64, got torch.int32"):
         validate_labels(torch.tensor([0, 1], dtype=torch.int32), 10, "train")
+
+
+def test_describe_splits_gives_counts_per_class_or_alone():
+    labels = {
+        "train": torch.tensor([0, 0, 1, 1, 1, 2]),
+        "val": torch.tensor([0, 1, 2]),
+        "test": torch.full((4,), -1),  # unlabelled (GLUE test)
+        "scores": torch.tensor([0.5, 4.2]),  # regression
+    }
+    assert describe_splits(labels) == "train 6 (1 to 3 per class), val 3 (1 per class), test 4, scores 2"

@@ -225,6 +225,11 @@ def test_test_after_fit_of_an_untrained_model_says_so(in_tmp, capsys):
     assert "no training step was taken" in capsys.readouterr().err
 
 
+def test_the_cli_says_what_each_split_holds_after_caps_and_carve_outs(in_tmp, capsys):
+    cli_main(["fit", *TINY, *csv_logger(in_tmp), "--trainer.max_epochs", "0", "--data.num_samples", "80"])
+    assert "data: train 60 (15 per class), val 20 (5 per class), test 80 (20 per class)" in capsys.readouterr().err
+
+
 def test_early_stopping_can_be_switched_off(in_tmp):
     cli = cli_main(
         [
