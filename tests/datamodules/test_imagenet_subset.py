@@ -6,6 +6,7 @@ import pytest
 import torch
 from image_trees import imagenet_tree, write_jpeg
 from PIL import Image
+from shared_files import require_shared
 
 from datamodules import ImageFolderDataModule, ImageNetSubsetDataModule, Preprocessing
 from datamodules.decode import UnreadableImageError, decode_image_file
@@ -220,8 +221,7 @@ def test_pil_reads_what_torchvision_cannot(tmp_path):
 
 def test_real_imagenette_val_archive(shared, tmp_path_factory, monkeypatch):
     archive = shared / "data" / "imagenette-val.tar.gz"
-    if not archive.is_file():
-        pytest.skip("imagenette-val.tar.gz is not in ../shared/data")
+    require_shared(archive, "the Imagenette val archive")
     monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shared-cache"))
     dm = make(archive, classes="imagenette", train_split=None)
     dm.setup()

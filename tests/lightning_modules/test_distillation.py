@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from lightning import Callback, LightningDataModule, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from shared_files import require_shared
 from support import GLUE_FIXTURES, quiet_trainer
 
 from datamodules import CIFAR10DataModule, GLUEDataModule, SyntheticDataModule
@@ -332,8 +333,7 @@ def test_text_distillation_with_cached_teacher_logits(task, tmp_path):
 @pytest.mark.slow
 def test_real_cifar_resnet56_teacher_on_real_cifar10_test_images(cifar_resnet_weights, shared, monkeypatch):
     archive = shared / "data" / "cifar10-jpeg.tar.gz"
-    if not archive.is_file():
-        pytest.skip(f"{archive} not available")
+    require_shared(archive, "the CIFAR-10 JPEG archive")
     monkeypatch.setenv("TRANSFER_WEIGHTS_DIR", str(cifar_resnet_weights))
     started = time.perf_counter()
     model = Distillation(backbone="cifar_resnet20", pretrained=False, num_classes=10, teacher="cifar_resnet56")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from image_trees import imagenet_tree
+from shared_files import require_shared
 from support import quiet_trainer
 from torch import nn
 
@@ -131,8 +132,7 @@ def test_transfer_test_runs_the_shipped_zero_shot_config_and_records_the_classes
 
 def test_efficientnet_lite0_zero_shot_on_real_imagenette_images(shared, tmp_path_factory, monkeypatch):
     archive = shared / "data" / "imagenette-val.tar.gz"
-    if not archive.is_file():
-        pytest.skip("imagenette-val.tar.gz is not in ../shared/data")
+    require_shared(archive, "the Imagenette val archive")
     monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "shared-cache"))
     model = ZeroShot(backbone="efficientnet_lite0", num_classes=10)
     data = ImageNetSubsetDataModule(
