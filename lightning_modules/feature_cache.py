@@ -61,8 +61,12 @@ class FeatureEncoder:
     def __call__(self, split: str, loader: DataLoader) -> Tensor:
         path = self.cache_dir / f"{self.key(split)}.pt" if self.cache_dir else None
         if path is not None and path.exists():
-            Console(stderr=True).print(f"feature cache: {split} features read from {path}")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:  # weights only: a file planted in the cache can hold tensors, never code that runs
+                features = torch.load(path, map_location="cpu", weights_only=True)
+                Console(stderr=True).print(f"feature cache: {split} features read from {path}")
+                return features
+            except Exception as error:  # a torn or foreign file: extract again and overwrite it
+                Console(stderr=True).print(f"feature cache: ignoring unreadable {path} ({error}); extracting again")
         features = extract_features(self.backbone, loader)
         self.extracted.append(split)
         if path is not None:
