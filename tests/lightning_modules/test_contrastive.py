@@ -228,3 +228,36 @@ def test_contrastive_fit_under_two_process_cpu_ddp(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "val/knn_acc" in metrics and "train/contrastive_loss" in metrics
+
+
+def reference_loss(z1, z2, labels, temperature, supervised):
+    """SimCLR's NT-Xent or SupCon's L_out written out row by row: view i of sample k pairs with the other view
+    of sample k (SimCLR) or with every other row of k's label (SupCon)."""
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    rows = torch.cat([labels, labels])
+    samples = torch.arange(len(labels)).repeat(2)
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(len(z)):
+        others = [a for a in range(len(z)) if a != i]
+        log_denominator = torch.logsumexp(torch.stack([z[i] @ z[a] / temperature for a in others]), 0)
+        same = rows if supervised else samples
+        positives = [p for p in others if same[p] == same[i]]
+        total += sum(log_denominator - z[i] @ z[p] / temperature for p in positives) / len(positives)
+    return total / len(z)
+
+
+@pytest.mark.parametrize("method", ["simclr", "supcon"])
+def test_compute_loss_equals_the_losses_recomputed_from_each_views_projections(method):
+    torch.manual_seed(0)
+    model = contrastive(method=method, temperature=0.5).double().eval()  # eval: BatchNorm the same per view
+    pixels = torch.randn(6, 2, 3, 16, 16, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0])
+    parts = model.compute_loss({"pixel_values": pixels, "labels": labels}, "train")
+    with torch.no_grad():
+        features = [model.backbone(pixels[:, view]) for view in (0, 1)]
+        z1, z2 = (model.projector(f) for f in features)
+        expected = reference_loss(z1, z2, labels, 0.5, supervised=method == "supcon")
+        linear = torch.nn.functional.cross_entropy(model.head(torch.cat(features)), torch.cat([labels, labels]))
+    assert parts["contrastive_loss"].item() == pytest.approx(expected.item(), abs=1e-6)  # the loss runs in float32
+    assert parts["linear_loss"].item() == pytest.approx(linear.item(), abs=1e-9)
+    assert parts["loss"].item() == pytest.approx(expected.item() + linear.item(), abs=1e-6)
