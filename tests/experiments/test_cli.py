@@ -225,6 +225,19 @@ def test_test_after_fit_of_an_untrained_model_says_so(in_tmp, capsys):
     assert "no training step was taken" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("task", ["rte", "stsb"])
+def test_test_after_fit_on_glue_reuses_the_validation_scores_that_testing_would_compute(in_tmp, capsys, task):
+    config = ["-c", str(CONFIGS / "glue" / f"{task}.yaml"), *TINY_GLUE, *csv_logger(in_tmp)]
+    cli_main(["fit", *config, "--trainer.max_epochs", "2", "--test_after_fit", "true"])
+    results = json.loads(next(in_tmp.glob("csv/version_*/results.json")).read_text())
+    assert results["test_is_validation"] is True and "validation scores instead" in capsys.readouterr().err
+    tested = cli_main(["test", *config, "--ckpt_path", results["best_checkpoint"]]).trainer.callback_metrics
+    assert results["test"]["test/score"] == pytest.approx(results["best_score"])  # the score best was chosen by
+    assert results["test"].keys() == {name for name in tested if name.startswith("test/")}
+    for name, value in results["test"].items():
+        assert value == pytest.approx(float(tested[name]), abs=1e-6), name
+
+
 def test_the_cli_says_what_each_split_holds_after_caps_and_carve_outs(in_tmp, capsys):
     cli_main(["fit", *TINY, *csv_logger(in_tmp), "--trainer.max_epochs", "0", "--data.num_samples", "80"])
     assert "data: train 60 (15 per class), val 20 (5 per class), test 80 (20 per class)" in capsys.readouterr().err
