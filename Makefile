@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench golden lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# Rerun the pinned few-step runs of every strategy, print what moved and pin the new values (review the diff).
+golden: $(STAMP)
+	$(BIN)/python tests/helpers/golden_cases.py --write
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
