@@ -1,4 +1,4 @@
-"""A callback the DDP tests inject by class path: every rank saves its parameters when fit starts and ends."""
+"""Callbacks the DDP tests inject by class path: every rank saves its parameters (or whole state) during fit."""
 
 import os
 
@@ -19,3 +19,15 @@ class SaveRankParameters(Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self.save(trainer, pl_module, "")
+
+
+class SaveRankState(Callback):
+    """Every rank saves its module's whole state (parameters and buffers: weighting state, teacher) when fit
+    ends, as `state_rank<r>.pt`."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def on_fit_end(self, trainer, pl_module):
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, os.path.join(self.directory, f"state_rank{trainer.global_rank}.pt"))

@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_checks import check_monitors, stand_in_teacher
+from image_trees import imagenet_tree
 from lightning import LightningModule
 from rich.console import Console
-from support import quiet_trainer
+from support import GLUE_FIXTURES, quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules.imagenet_classes import IMAGENETTE
 from experiments import ablate
 from experiments.ablation import stats
 from experiments.ablation.execute import Outcome
@@ -34,7 +37,7 @@ from experiments.ablation.report import aggregate, markdown_table
 from experiments.ablation.runs import read_history
 from experiments.ablation.study import StudyError, load_study
 from experiments.ablation.wandb_table import log_summary_table
-from experiments.cli import CONFIGS
+from experiments.cli import CONFIGS, cli_main
 
 STUDIES = Path(__file__).resolve().parents[2] / "experiments" / "studies"
 CSV = str(CONFIGS / "logger" / "csv.yaml")
@@ -258,6 +261,47 @@ def test_shipped_studies_dry_run_without_data(path, in_tmp, capsys):
     assert all(arm.name in out for arm in study.arms)
     assert not (in_tmp / "runs").exists()  # a dry run writes nothing
     assert study.baseline is not None and len(study.seeds) >= 2
+
+
+def arm_instance(study, arm, tmp: Path):
+    """`transfer fit` of one arm, instantiated (not run) with the study's files and keys, on stand-in data: the
+    GLUE fixtures, a tiny ImageNet tree, a randomly initialised teacher of the right shape."""
+    files, _ = study.files_and_keys(arm)
+    extra: list[str] = []
+    for file in (f for f in files if f.stem.startswith("distill")):
+        extra += stand_in_teacher(file, tmp)
+    if any(f.parent.name == "glue" for f in files):
+        extra += ["--data.init_args.root", str(GLUE_FIXTURES)]
+        if not any(f.stem.startswith("multitask") for f in files):
+            extra += ["--data.init_args.cache_dir", str(tmp / "cache")]
+    if any(f.parent.name == "imagenette" for f in files):
+        extra += ["--data.init_args.root", str(imagenet_tree(tmp / "imagenette", {"val": 1}, IMAGENETTE))]
+    logs = ["-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(tmp)]
+    return cli_main([*study.config_args(arm), *logs, *extra], run=False)
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_arm_of_every_shipped_study_instantiates_and_monitors_a_logged_metric(path, in_tmp):
+    study = load_study(path)
+    for arm in study.arms:
+        cli = arm_instance(study, arm, in_tmp)
+        check_monitors(cli)
+        if not hasattr(cli.datamodule, "task_specs"):  # multi-task: checked per task by check_monitors
+            assert cli.model.hparams.num_classes == cli.datamodule.num_classes, arm.name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_demo_study_runs_one_seed_of_one_epoch_end_to_end(in_tmp, capsys):
+    """`make demo`'s study, every arm for real (one seed, one epoch, 32 px), into a report."""
+    study = STUDIES / "demo.yaml"
+    sets = ["trainer.max_epochs=1", "data.init_args.image_size=32", "trainer.enable_progress_bar=false"]
+    args = [str(study), "--seeds", "0", "--out", str(in_tmp / "demo"), *[a for s in sets for a in ("--set", s)]]
+    assert ablate.main(args) == 0
+    report = json.loads((in_tmp / "demo" / "results.json").read_text())
+    accuracy = {row["arm"]: row["values"] for row in report["rows"] if row["metric"] == "test/acc"}
+    assert accuracy.keys() == {"feature_extraction", "fine_tuning", "gradual_unfreezing", "scratch"}
+    assert all(values.keys() == {"0"} and 0 <= values["0"] <= 1 for values in accuracy.values())
 
 
 def test_transfer_entry_point_dispatches_ablate_before_lightning_cli(fake, monkeypatch, capsys):

@@ -4,13 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_checks import check_monitors, check_multi_task, stand_in_teacher
 from image_trees import imagenet_tree
 from support import GLUE_FIXTURES, TINY_GLUE
 
-from datamodules.glue import GLUE_TASKS
 from datamodules.imagenet_classes import IMAGENETTE
 from experiments.cli import CONFIGS, cli_main
-from lightning_modules import TransferModule, create_backbone
 
 GLUE_TASK_FILES = [CONFIGS / "glue" / "rte.yaml", CONFIGS / "glue" / "stsb.yaml"]
 STACKED = {  # pieces that stack on experiment files -> the files to check them on
@@ -75,31 +74,6 @@ def test_every_piece_stacks_on_an_experiment(piece, capsys):
                 assert resolved[section][key] == value or isinstance(value, dict)
 
 
-def logged_val_metrics(model) -> set[str]:
-    """Names the model logs for validation: `val/<metric>[_<set>]`, `val/score`, `val/loss[_<set>]`."""
-    suffixes = [f"_{name}" if name else "" for name in model.val_names]
-    metrics = [*model.val_metrics[0].metrics.keys(), "score", "loss"]
-    names = {f"val/{metric}{s}" for metric in metrics for s in suffixes}
-    return names | {"val/score"}
-
-
-def stand_in_teacher(config: Path, tmp: Path) -> list[str]:
-    """Distillation configs name a teacher a fresh checkout lacks: random weights of the right shape."""
-    experiment = yaml.safe_load(config.read_text())
-    model = experiment["model"]
-    if isinstance(model, str):  # a model piece
-        model = yaml.safe_load((config.parent / model).read_text())
-    init = model["init_args"]
-    if init.get("teacher"):  # a registry backbone: its weights file
-        path = tmp / "teacher.pt"
-        torch.save(create_backbone(init["teacher"], pretrained=False).state_dict(), path)
-        return ["--model.init_args.teacher_weights", str(path)]
-    labels = GLUE_TASKS[experiment["data"]["init_args"]["task"]].labels  # a run's checkpoint of this task
-    teacher = TransferModule(backbone=init["backbone"], pretrained=False, num_classes=len(labels or [0]))
-    torch.save({"hyper_parameters": dict(teacher.hparams), "state_dict": teacher.state_dict()}, tmp / "t.ckpt")
-    return ["--model.init_args.teacher_ckpt", str(tmp / "t.ckpt")]
-
-
 def instantiate(config: Path, tmp: Path, *extra: str):
     data = stand_in_teacher(config, tmp) if config.stem.startswith("distill") else []
     if config.parent.name == "glue":
@@ -124,22 +98,7 @@ def test_every_experiment_config_instantiates_and_monitors_a_logged_metric(confi
     else:
         assert cli.datamodule.num_classes == 10
         assert cli.datamodule.preprocessing.image_size == cli.model.backbone.preprocessing.image_size  # linked
-    monitors = [cli.trainer.checkpoint_callback.monitor, cli.trainer.early_stopping_callback.monitor]
-    assert set(monitors) <= logged_val_metrics(cli.model)
-
-
-def check_multi_task(cli) -> None:
-    specs = cli.datamodule.task_specs
-    assert cli.model.task_names == list(specs) and len(specs) >= 2
-    for task, member in cli.datamodule.members.items():
-        assert cli.model.heads[task].out_features == specs[task]["num_classes"] == member.num_classes
-        assert member.preprocessing == cli.datamodule.preprocessing  # the backbone's, through the multi-task data
-        if hasattr(member, "task"):  # GLUE: the task it names, from the folder given once as data.root
-            assert member.task == task and member.root == GLUE_FIXTURES
-    names = {f"val/{task}/{metric}{f'_{name}' if name else ''}" for task, spec in specs.items()
-             for metric in [*spec["metrics"], "score", "loss"] for name in spec["val_names"]}  # fmt: skip
-    names |= {f"val/{task}/score" for task in specs} | {"val/score", "val/loss"}
-    assert {cli.trainer.checkpoint_callback.monitor, cli.trainer.early_stopping_callback.monitor} <= names
+    check_monitors(cli)
 
 
 @pytest.mark.parametrize("piece", STACKED, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -6,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import two_task_arguments
 
 from experiments.cli import CONFIGS
 
@@ -73,20 +73,6 @@ def test_predict_under_ddp_writes_each_row_once_as_one_process_does(tmp_path):
     assert rows == (tmp_path / "single" / "predictions.tsv").read_text().splitlines()
 
 
-# Multi-task: two tasks on synthetic images (the second a relabelling of another draw), every weighting.
-MULTI_TASKS = {
-    "fine": {"class_path": "datamodules.SyntheticDataModule", "init_args": {"num_samples": 96, "batch_size": 8}},
-    "coarse": {
-        "class_path": "datamodules.RelabeledDataModule",
-        "init_args": {
-            "source": {
-                "class_path": "datamodules.SyntheticDataModule",
-                "init_args": {"num_samples": 64, "batch_size": 8},
-            },
-            "groups": {"low": ["class_0", "class_1"], "high": ["class_2", "class_3"]},
-        },
-    },
-}
 UNUSED_HEADS = ["--trainer.strategy.init_args.find_unused_parameters", "true"]  # one task per step
 
 
@@ -106,7 +92,7 @@ def test_multi_task_weightings_under_ddp_keep_ranks_identical(tmp_path, weightin
         sys.executable, "-m", "experiments.cli", "fit",
         "--model", "MultiTask", "--model.backbone", "tiny_cnn", "--model.pretrained", "false",
         "--model.weighting", f"lightning_modules.weighting.{weighting}",
-        "--data", "MultiTaskDataModule", "--data.tasks", json.dumps(MULTI_TASKS), "--data.sampling", sampling,
+        *two_task_arguments(8, sampling),
         "-c", str(CONFIGS / "trainer" / "ddp_cpu2.yaml"),
         "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--trainer.max_epochs", "3",

@@ -1,5 +1,5 @@
 """A callback the reliability tests inject by class path (`--trainer.callbacks+ reliability_probes.Probe`):
-it records every training step and can interrupt or break a run at a chosen step."""
+it records every training step (of any strategy) and can interrupt or break a run at a chosen step."""
 
 import json
 import os
@@ -44,8 +44,8 @@ class Probe(Callback):
         record = {
             "step": step,
             "epoch": trainer.current_epoch,
-            "index": batch["index"].tolist(),
-            "loss": float(outputs["loss"]),
+            "index": sample_indices(batch),
+            "loss": float(outputs["loss"]) if outputs else None,  # None: a manual step (gradient weightings)
             "param_sum": total,
         }
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -58,6 +58,13 @@ class Probe(Callback):
         if step == self.fail_at and trainer.global_rank == self.fail_rank:
             (self.directory / "failed_at").write_text(str(time.time()))
             raise RuntimeError(f"probe failure in rank {self.fail_rank} at step {step}")
+
+
+def sample_indices(batch):
+    """The batch's sample indices; a multi-task batch's per task."""
+    if "index" in batch:
+        return batch["index"].tolist()
+    return {task: part["index"].tolist() for task, part in batch.items()}
 
 
 def read_steps(directory, rank=0):

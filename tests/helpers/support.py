@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (on the path through pytest's `pythonpath = ["tests/helpers"]`)."""
 
+import json
 from pathlib import Path
 
 from lightning import Callback, Trainer
@@ -38,3 +39,17 @@ def quiet_trainer(*callbacks: Callback, **kwargs) -> Trainer:
         max_epochs=2,
     )
     return Trainer(callbacks=[*callbacks, *kwargs.pop("callbacks", [])], **(defaults | kwargs))
+
+
+def two_task_arguments(batch_size: int, sampling: str) -> list[str]:
+    """`transfer fit` data arguments of two synthetic classification tasks (the second a relabelling of another
+    draw into two classes), for multi-task runs in a subprocess."""
+
+    def images(samples: int, seed: int) -> dict:
+        options = {"num_samples": samples, "batch_size": batch_size, "seed": seed}
+        return {"class_path": "datamodules.SyntheticDataModule", "init_args": options}
+
+    groups = {"low": ["class_0", "class_1"], "high": ["class_2", "class_3"]}
+    coarse = {"source": images(48, 1), "groups": groups}
+    tasks = {"fine": images(64, 0), "coarse": {"class_path": "datamodules.RelabeledDataModule", "init_args": coarse}}
+    return ["--data", "MultiTaskDataModule", "--data.tasks", json.dumps(tasks), "--data.sampling", sampling]

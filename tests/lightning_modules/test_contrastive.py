@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import timm.optim
 import torch
@@ -10,6 +11,8 @@ from support import GLUE_FIXTURES, quiet_trainer
 from torchvision.transforms import v2
 
 from datamodules import GLUEDataModule, SyntheticDataModule
+from datamodules.datasets import TensorImageDataset
+from datamodules.synthetic import NATIVE_SIZE
 from datamodules.transforms import Preprocessing, simclr_transform
 from experiments.cli import CONFIGS, cli_main
 from lightning_modules import Contrastive, FeatureExtraction, FineTuning
@@ -261,3 +264,40 @@ def test_compute_loss_equals_the_losses_recomputed_from_each_views_projections(m
     assert parts["contrastive_loss"].item() == pytest.approx(expected.item(), abs=1e-6)  # the loss runs in float32
     assert parts["linear_loss"].item() == pytest.approx(linear.item(), abs=1e-9)
     assert parts["loss"].item() == pytest.approx(expected.item() + linear.item(), abs=1e-6)
+
+
+EPOCHS = 8
+
+
+class StripesUnderColour(SyntheticDataModule):
+    """Class = stripe orientation and frequency; each image its own random colour, a stronger signal: features of
+    an untrained network sort by colour first (kNN 0.53 for 4 classes), and kNN rises only if training learns
+    the stripes (SimCLR through its colour jitter, SupCon through the labels). Measured after 8 epochs: SimCLR
+    0.84, SupCon 0.95."""
+
+    def load_splits(self):
+        rng = np.random.default_rng(self.seed)
+        total = self.num_samples + self.num_test_samples
+        labels = rng.permutation(np.arange(total) % self._num_classes)
+        grid = np.arange(NATIVE_SIZE) / NATIVE_SIZE
+        ys, xs = np.meshgrid(grid, grid, indexing="ij")
+        patterns = np.stack([np.sin(2 * np.pi * (1 + c // 2) * (xs if c % 2 else ys)) for c in range(4)])
+        colours = rng.uniform(0.25, 0.75, size=(total, 3, 1, 1))
+        pixels = colours + 0.3 * patterns[labels][:, None] + rng.normal(0.0, 0.05, size=(total, 3, 16, 16))
+        images = torch.from_numpy(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8))
+        everything = TensorImageDataset(images, torch.from_numpy(labels.astype(np.int64)))
+        return everything.subset(range(self.num_samples)), everything.subset(range(self.num_samples, total))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "supcon"])
+def test_contrastive_training_lifts_knn_accuracy_on_a_set_an_untrained_network_sorts_by_colour(method):
+    torch.manual_seed(0)
+    data = StripesUnderColour(num_classes=4, num_samples=256, num_test_samples=128, batch_size=32, views=2,
+                              preprocessing=backbone_preprocessing("tiny_cnn"))  # fmt: skip
+    model = contrastive(method=method, knn_k=10)
+    before = quiet_trainer().validate(model, datamodule=data, verbose=False)[0]["val/knn_acc"]
+    trainer = quiet_trainer(max_epochs=EPOCHS)
+    trainer.fit(model, datamodule=data)
+    after = trainer.test(model, datamodule=data, verbose=False)[0]["test/knn_acc"]
+    assert before < 0.6 and after > 0.75 and after > before + 0.2, (before, after)

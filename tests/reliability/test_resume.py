@@ -13,6 +13,7 @@ import torch
 from lightning import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from reliability_probes import read_steps
+from support import two_task_arguments
 
 from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume
 from datamodules import SyntheticDataModule
@@ -55,21 +56,29 @@ def sst2_folder(root: Path) -> list[str]:
     ]  # fmt: skip
 
 
+FINE_TUNING = ("--model", "FineTuning", "--model.head_dropout", "0.3")
+
+
 def fit_command(
-    run: Path, *extra: str, workers: int = 0, epochs: int = 2, data: tuple[str, ...] = ()
+    run: Path,
+    *extra: str,
+    workers: int = 0,
+    epochs: int = 2,
+    data: tuple[str, ...] = (),
+    model: tuple[str, ...] = FINE_TUNING,
+    devices: str = "cpu.yaml",
 ) -> tuple[list[str], dict[str, str]]:
-    """`transfer fit` of a tiny CNN with dropout, warm-up + cosine schedule and augmentation (or of `data`, e.g.
-    `sst2_folder`'s text), recorded by `Probe`."""
+    """`transfer fit` of a tiny CNN with dropout, warm-up + cosine schedule and augmentation (or of `model` and
+    `data`, e.g. `sst2_folder`'s text), recorded by `Probe`."""
     images = [
         "--model.backbone", "tiny_cnn", "--data", "SyntheticDataModule", "--data.num_samples", "64",
         "--data.batch_size", "8",
     ]  # fmt: skip
     args = [
         sys.executable, "-m", "experiments.cli", "fit",
-        "--model", "FineTuning", "--model.pretrained", "false",
-        "--model.head_dropout", "0.3", "--model.lr_scheduler", "lightning_modules.schedulers.WarmupLR",
+        *model, "--model.pretrained", "false", "--model.lr_scheduler", "lightning_modules.schedulers.WarmupLR",
         *(data or images), "--data.num_workers", str(workers),
-        "-c", str(CONFIGS / "trainer" / "cpu.yaml"),
+        "-c", str(CONFIGS / "trainer" / devices),
         "-c", str(CONFIGS / "logger" / "csv.yaml"), "--trainer.logger.init_args.save_dir", str(run / "runs"),
         "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
         # No monitor: the checkpoints are about resuming, not about the best epoch.
@@ -81,10 +90,8 @@ def fit_command(
     return args, env
 
 
-def _fit(
-    run: Path, *extra: str, workers: int = 0, epochs: int = 2, data: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess:
-    args, env = fit_command(run, *extra, workers=workers, epochs=epochs, data=data)
+def _fit(run: Path, *extra: str, **options) -> subprocess.CompletedProcess:
+    args, env = fit_command(run, *extra, **options)
     return subprocess.run(args, cwd=run, env=env, capture_output=True, text=True, timeout=180)
 
 
@@ -160,6 +167,77 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, ki
     if kind == "ema":  # the average, its count and the trained weights, all as if never interrupted
         assert_close(final["averaging_state"], expected["averaging_state"], "averaging_state")
         assert_close(final["current_model_state"], expected["current_model_state"], "current_model_state")
+    assert_close(final["optimizer_states"], expected["optimizer_states"], "optimizer_states")
+    assert_close(final["lr_schedulers"], expected["lr_schedulers"], "lr_schedulers")
+
+
+def teacher(folder: Path) -> str:
+    seed_everything(1)
+    model = FineTuning(backbone="tiny_cnn", pretrained=False, num_classes=4)
+    path = folder / "teacher.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, path)
+    return str(path)
+
+
+IMAGES = ("--model.backbone", "tiny_cnn", "--data", "SyntheticDataModule", "--data.num_samples", "64")
+STRATEGIES = {  # name -> (model, data, epochs): the cut lands in the second epoch, a third shows state carried over
+    # drawn-task schedule (one task's batch per step) with DWA: its per-epoch mean losses are half-way through
+    "multitask_dwa_drawn": (("--model", "MultiTask", "--model.weighting", "lightning_modules.weighting.DWA"),
+                            ("--model.backbone", "tiny_cnn", *two_task_arguments(8, "proportional")), 3),
+    # manual steps: per-task gradients, GradNorm's initial losses and its task weights
+    "multitask_gradnorm": (("--model", "MultiTask", "--model.weighting", "lightning_modules.weighting.GradNorm"),
+                           ("--model.backbone", "tiny_cnn", *two_task_arguments(8, "all")), 3),
+    "contrastive": (("--model", "Contrastive", "--model.projector_dims", "[16, 8]", "--model.knn_k", "5"),
+                    (*IMAGES, "--data.batch_size", "8", "--data.views", "2"), 2),
+    "distillation_teacher_cache": (("--model", "Distillation", "--model.teacher_ckpt", "TEACHER",
+                                    "--model.teacher_cache", "true", "--model.teacher_cache_dir", "CACHE"),
+                                   (*IMAGES, "--data.batch_size", "8", "--data.augment", "false"), 2),
+    # a stage every 4 steps: the cut (step 8) falls between unfreezing steps 8 and 12, mid-stage
+    "gradual_unfreezing": ((*FINE_TUNING, "--trainer.callbacks+", "callbacks.GradualUnfreezing",
+                            "--trainer.callbacks.unit", "step", "--trainer.callbacks.epochs_per_stage", "3"),
+                           (*IMAGES, "--data.batch_size", "8"), 2),
+    "ddp_two_processes": (FINE_TUNING, (*IMAGES, "--data.batch_size", "4"), 2),
+}  # fmt: skip
+MONITORS = {"multitask": "val/score", "contrastive": "val/knn_acc"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_strategy_resumes_from_sigterm_exactly(tmp_path, strategy):
+    model, data, epochs = STRATEGIES[strategy]
+    places = {"TEACHER": teacher(tmp_path), "CACHE": str(tmp_path / "cache")}
+    model = tuple(places.get(argument, argument) for argument in model)
+    monitor = next((m for prefix, m in MONITORS.items() if strategy.startswith(prefix)), "val/acc")
+    options = {"model": model, "data": data, "epochs": epochs,
+               "devices": "ddp_cpu2.yaml" if strategy.startswith("ddp") else "cpu.yaml"}  # fmt: skip
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir(), cut.mkdir()
+
+    def fit(run: Path, *extra: str) -> subprocess.CompletedProcess:
+        return _fit(run, "--early_stopping", "null", "--checkpoint.monitor", monitor, *extra, **options)
+
+    done = fit(full)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = read_steps(full)
+    steps_per_epoch = sum(r["epoch"] == 0 for r in reference)
+    assert steps_per_epoch >= 4 and len(reference) == epochs * steps_per_epoch
+
+    stop = steps_per_epoch + 2  # the third step of the second epoch
+    done = fit(cut, "--trainer.callbacks.sigterm_at", str(stop))
+    assert done.returncode != 0, done.stderr[-3000:]
+    assert load(cut / "checkpoints" / "last.ckpt")["global_step"] == stop
+    done = fit(cut, "--ckpt_path", "last")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = read_steps(cut)
+    assert [r["step"] for r in resumed] == [r["step"] for r in reference]
+    assert [r["index"] for r in resumed] == [r["index"] for r in reference]  # the same batches (tasks), in order
+    for mine, theirs in zip(resumed, reference, strict=True):
+        assert mine["param_sum"] == pytest.approx(theirs["param_sum"], abs=1e-5), mine["step"]
+        if theirs["loss"] is not None:
+            assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-6), mine["step"]
+    final, expected = load(cut / "checkpoints" / "last.ckpt"), load(full / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == expected["global_step"] == epochs * steps_per_epoch
+    assert_close(final["state_dict"], expected["state_dict"], "state_dict")  # weights, weighting state, buffers
     assert_close(final["optimizer_states"], expected["optimizer_states"], "optimizer_states")
     assert_close(final["lr_schedulers"], expected["lr_schedulers"], "lr_schedulers")
 
