@@ -104,8 +104,8 @@ def fit(folder: Path, case: str, ddp: bool) -> dict[str, torch.Tensor]:
 
 # Found by this test: with one task's batch per step, the ranks draw the same samples as one process and, without
 # augmentation, the same losses, but each sample's augmentation differs from one process's (every weighting
-# trains on all tasks per step and agrees). Open; strict, so the fix shows up here.
-DRAWN_AUGMENTATION = pytest.mark.xfail(strict=True, reason="drawn-task DDP augments samples unlike one process")
+# trains on all tasks per step and agrees). Open: not run (remove the mark to work on it).
+DRAWN_AUGMENTATION = pytest.mark.xfail(run=False, reason="drawn-task DDP augments samples unlike one process")
 
 
 @pytest.mark.parametrize(
