@@ -293,9 +293,10 @@ def test_every_arm_of_every_shipped_study_instantiates_and_monitors_a_logged_met
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_the_demo_study_runs_one_seed_of_one_epoch_end_to_end(in_tmp, capsys):
-    """`make demo`'s study, every arm for real (one seed, one epoch, 32 px), into a report."""
+    """`make demo`'s study, every arm for real (one seed, one epoch, 32 px, 20 images per class), into a report."""
     study = STUDIES / "demo.yaml"
-    sets = ["trainer.max_epochs=1", "data.init_args.image_size=32", "trainer.enable_progress_bar=false"]
+    sets = ["trainer.max_epochs=1", "data.init_args.image_size=32", "trainer.enable_progress_bar=false",
+            "data.init_args.train_per_class=20", "data.init_args.test_per_class=10"]  # fmt: skip
     args = [str(study), "--seeds", "0", "--out", str(in_tmp / "demo"), *[a for s in sets for a in ("--set", s)]]
     assert ablate.main(args) == 0
     report = json.loads((in_tmp / "demo" / "results.json").read_text())
