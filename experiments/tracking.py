@@ -110,7 +110,7 @@ class WandbLogger(LightningWandbLogger):
         self._connect_timeout = connect_timeout
         super().__init__(
             name=name,
-            save_dir=str(run_dir),
+            save_dir=str(run_dir.absolute()),  # a W&B service this process inherits (WANDB_SERVICE) has its own cwd
             project=project,
             id=run_id,
             offline=offline,

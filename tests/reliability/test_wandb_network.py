@@ -113,3 +113,19 @@ def test_the_server_is_the_environments_or_the_one_wandb_login_saved(tmp_path, m
     assert wandb_base_url() == "https://wandb.example.org"  # `wandb login --host`
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     assert wandb_base_url() == "http://127.0.0.1:9"
+
+
+@pytest.mark.slow
+def test_a_run_started_under_another_processes_wandb_service_writes_into_its_own_folder(tmp_path, monkeypatch):
+    """A process that ran W&B (a notebook, `transfer ablate`, pytest) leaves WANDB_SERVICE in its environment, so
+    a run it launches logs through that process's W&B service, whose working directory is not the run's."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # restored (removed) after the test
+    (tmp_path / "parent").mkdir()
+    wandb.init(mode="offline", dir=tmp_path / "parent", project="parent").finish()
+    assert "WANDB_SERVICE" in os.environ
+    (tmp_path / "child").mkdir()
+    done, _ = run(tmp_path / "child", {"WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert offline_run_files(tmp_path / "child"), "the run's W&B files went elsewhere"
