@@ -6,7 +6,9 @@ import atexit
 import signal
 import subprocess
 from pathlib import Path
+from types import FrameType
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -21,11 +23,32 @@ class CheckpointOnSigterm(Callback):
     stops; this writes a checkpoint of exactly the completed steps where `--ckpt_path last` finds it (the
     ModelCheckpoint's `last.ckpt`) and makes the process exit with code 143 instead of Lightning's 0.
 
-    Under DDP every rank is signalled by Lightning and stops at the same step. An exception in rank 0, whose
-    process launched the other ranks, also ends those (SIGKILL, after the traceback is printed), so none is
-    left waiting in a collective until the process group times out; a failing child rank is ended by
-    Lightning's own process observer.
+    Under DDP the ranks agree on when to stop: while fitting, a SIGTERM only marks the rank that received it,
+    and after each training step the ranks share their marks (one all-reduce of one number), so all stop
+    after the same step, however many of them were signalled and however often. Lightning's own handler
+    would broadcast from inside the signal handler and forward the signal to the other ranks, so that a rank
+    signalled twice (by the scheduler and by rank 0) is one collective ahead of the others and they wait on
+    each other until the process group times out. An exception in rank 0, whose process launched the other
+    ranks, also ends those (SIGKILL, after the traceback is printed), so none is left waiting in a collective
+    until the process group times out; a failing child rank is ended by Lightning's own process observer.
     """
+
+    def __init__(self) -> None:
+        self._marked = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size > 1:  # Lightning's handler is restored-from at teardown, this one with it
+            self._marked = False
+            signal.signal(signal.SIGTERM, self._mark)
+
+    def _mark(self, signum: int, frame: FrameType | None) -> None:
+        self._marked = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        if trainer.world_size > 1:
+            marks = trainer.strategy.reduce(torch.tensor(float(self._marked)), reduce_op="sum")
+            if float(marks) > 0:  # Lightning raises SIGTERMException on every rank at the end of this step
+                trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):

@@ -14,6 +14,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from datamodules.samplers import ResumableDataLoader
+
 DataModuleFactory = Callable[[], L.LightningDataModule]
 
 
@@ -52,22 +54,29 @@ def loaders_of(loaders: Any) -> list[DataLoader]:
 
 
 def with_collate(loader: DataLoader, collate_fn: Callable[[Any], Any]) -> DataLoader:
-    """The same loader (dataset, batching, sampler, workers) with another collate function.
+    """The same loader (dataset, batching, sampler, workers, generator, a `ResumableDataLoader`'s place in the
+    epoch) with another collate function.
 
     Built anew rather than patched, so that Lightning, which records a loader's init arguments to rebuild it
     with a distributed sampler, rebuilds this one."""
+    kind: type[DataLoader] = DataLoader
+    place: dict[str, Any] = {}  # where a resumable training loader's epoch stands
+    if isinstance(loader, ResumableDataLoader):
+        kind, place = ResumableDataLoader, {"progress": loader.progress}
     if loader.batch_size is not None or loader.batch_sampler is None:
         batching: dict[str, Any] = {"batch_size": loader.batch_size, "sampler": loader.sampler}
         batching["drop_last"] = loader.drop_last
     else:  # a batch sampler of its own
         batching = {"batch_sampler": loader.batch_sampler}
-    return DataLoader(
+    return kind(
         loader.dataset,
         collate_fn=collate_fn,
+        generator=loader.generator,
         num_workers=loader.num_workers,
         persistent_workers=loader.persistent_workers,
         pin_memory=loader.pin_memory,
         worker_init_fn=loader.worker_init_fn,
         prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
         **batching,
+        **place,
     )

@@ -22,7 +22,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.collate import LengthGroupedSampler
 from datamodules.composition import DataModuleFactory, build_member, loaders_of, with_collate
-from datamodules.samplers import Resumable, ResumableDataLoader, loader_generator, progress_of
+from datamodules.samplers import (
+    Resumable,
+    ResumableDataLoader,
+    SampleIndex,
+    TrainingProgress,
+    loader_generator,
+    progress_of,
+    sample_seed,
+)
 from datamodules.transforms import Preprocessing
 
 Sampling = Literal["all", "proportional", "uniform", "temperature"]
@@ -76,6 +84,17 @@ def apportion(probabilities: Sequence[float], total: int) -> np.ndarray:
     order = np.argsort(-(quotas - counts), kind="stable")
     counts[order[: total - int(counts.sum())]] += 1
     return counts
+
+
+def within_cycle(progress: TrainingProgress, batches: int) -> TrainingProgress:
+    """The place of a task's loader that `CombinedLoader` cycles (`max_size_cycle` restarts a task that runs
+    out, in the same epoch and order): the epoch's finished steps modulo the task's `batches`."""
+
+    def place() -> tuple[int, float]:
+        done, per_epoch = progress()
+        return (done if done >= per_epoch else done % batches), per_epoch
+
+    return place
 
 
 class TaskSchedule(Resumable, DistributedSampler):
@@ -136,33 +155,39 @@ class TaskSchedule(Resumable, DistributedSampler):
         rng = np.random.default_rng([self.seed, self.epoch, _ORDER])
         return rng.permutation(np.repeat(np.arange(len(self.sizes)), self.counts))
 
-    def _batches(self, task: int) -> Iterator[np.ndarray]:
+    def _batches(self, task: int) -> Iterator[list[SampleIndex]]:
         width = self.batch_sizes[task] * self.num_replicas
         lengths = self.lengths[task]
         chunk_size = width * (self.chunk_batches if lengths is not None else 1)
-        buffer, cycle, chunk = np.empty(0, dtype=np.int64), 0, 0
+        buffer, cycle, chunk = np.empty((0, 2), dtype=np.int64), 0, 0  # rows: (row, cycle of the stream)
         while True:
             while len(buffer) < chunk_size:
-                rng = np.random.default_rng([self.seed, self.epoch, task, cycle])
-                buffer, cycle = np.concatenate([buffer, rng.permutation(self.sizes[task])]), cycle + 1
-            rows, buffer = buffer[:chunk_size], buffer[chunk_size:]
-            batches = rows.reshape(-1, width)
+                drawn = np.random.default_rng([self.seed, self.epoch, task, cycle]).permutation(self.sizes[task])
+                buffer = np.concatenate([buffer, np.stack([drawn, np.full_like(drawn, cycle)], axis=1)])
+                cycle += 1
+            taken, buffer = buffer[:chunk_size], buffer[chunk_size:]
+            batches = taken.reshape(-1, width, 2)
             if lengths is not None:  # longest first, then the chunk's batches in random order
-                batches = rows[np.argsort(-lengths[rows], kind="stable")].reshape(-1, width)
+                batches = taken[np.argsort(-lengths[taken[:, 0]], kind="stable")].reshape(-1, width, 2)
                 batches = batches[
                     np.random.default_rng([self.seed, self.epoch, task, chunk, _GROUPS]).permutation(len(batches))
                 ]
             chunk += 1
             for batch in batches:
-                yield batch[self.rank * self.batch_sizes[task] : (self.rank + 1) * self.batch_sizes[task]]
+                mine = batch[self.rank * self.batch_sizes[task] : (self.rank + 1) * self.batch_sizes[task]]
+                yield [self._sample(task, c, row) for row, c in mine.tolist()]
 
-    def __iter__(self) -> Iterator[tuple[int, list[int]]]:  # type: ignore[override]
+    def _sample(self, task: int, cycle: int, row: int) -> SampleIndex:
+        """Row `row` with its augmentation seed: from (seed, epoch, task, cycle, row) alone, as on one process."""
+        return SampleIndex(row, sample_seed(sample_seed(self.seed, task, cycle), self.epoch, row))
+
+    def __iter__(self) -> Iterator[tuple[int, list[SampleIndex]]]:  # type: ignore[override]
         skip = self._skip()  # a resumed epoch: its first steps were trained before the interruption
         streams = [self._batches(task) for task in range(len(self.sizes))]
         for step, task in enumerate(self.task_order().tolist()):
             rows = next(streams[task])  # drawn even when skipped, so that later steps get the same rows
             if step >= skip:
-                yield task, rows.tolist()
+                yield task, rows
 
 
 class TaskBatches(Dataset):
@@ -329,6 +354,9 @@ class MultiTaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> CombinedLoader | DataLoader:
         loaders = {name: member.train_dataloader() for name, member in self.members.items()}
         if self.sampling == "all":
+            for loader in loaders.values():
+                if isinstance(loader, ResumableDataLoader) and loader.progress is not None:
+                    loader.progress = within_cycle(loader.progress, len(loader))
             return CombinedLoader(loaders, mode=self.epoch)
         replicas, rank = self._replicas()
         for name, loader in loaders.items():

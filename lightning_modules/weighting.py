@@ -120,10 +120,22 @@ class Uncertainty(LossWeighting):
         return torch.stack(terms).sum(), weights
 
 
+def mean_over_ranks(values: Tensor) -> Tensor:
+    """`values` averaged over the ranks of an initialised process group (every rank must call it); as is
+    without one."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    values = values.clone()
+    torch.distributed.all_reduce(values)
+    return values / torch.distributed.get_world_size()
+
+
 class DWA(LossWeighting):
     """Dynamic Weight Average (Liu, Johns & Davison 2019): each epoch's weights come from how fast each
     task's mean training loss fell over the two epochs before (`dwa_weights`); 1 for the first two epochs.
-    The epoch means are averaged over ranks (torchmetrics), so every rank uses the same weights.
+    Each step's losses are averaged over ranks before they enter the epoch means, so every rank holds the
+    same means (and uses the same weights), and a checkpoint (rank 0's) carries a half-finished epoch's
+    means for every rank: a run resumed mid-epoch weighs the next epoch as the uninterrupted one does.
 
     Args:
         temperature: T; larger gives more uniform weights.
@@ -143,16 +155,19 @@ class DWA(LossWeighting):
         k = len(self.tasks)
         self.register_buffer("history", torch.zeros(2, k))  # 0: no loss seen (checkpoints hold finite tensors only)
         self.register_buffer("weights", torch.ones(k))
-        self.epoch_losses = nn.ModuleList([MeanMetric() for _ in self.tasks])
+        self.epoch_losses = nn.ModuleList([MeanMetric(sync_on_compute=False) for _ in self.tasks])
+        for metric in self.epoch_losses:  # in the checkpoint: an epoch resumed half-way continues its means
+            cast(MeanMetric, metric).persistent(True)
 
     def _epoch_loss(self, i: int) -> MeanMetric:
         return cast(MeanMetric, self.epoch_losses[i])
 
     def forward(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         terms, weights = [], {}
-        for task, loss in losses.items():
+        means = mean_over_ranks(torch.stack([loss.detach().float() for loss in losses.values()]))
+        for (task, loss), mean in zip(losses.items(), means, strict=True):
             i = self.tasks.index(task)
-            self._epoch_loss(i).update(loss.detach().float())
+            self._epoch_loss(i).update(mean)
             terms.append(self.weights[i] * loss)
             weights[task] = self.weights[i]
         return torch.stack(terms).sum(), weights

@@ -211,3 +211,37 @@ def test_relabeled_datamodule_groups_source_classes():
     assert set(next(iter(data.train_dataloader()))["labels"].tolist()) <= {0, 1}
     with pytest.raises(ValueError, match=r"in none \['class_3'\]"):
         RelabeledDataModule(source, {"low": ["class_0", "class_1"], "high": ["class_2"]})
+
+
+def test_all_tasks_resume_mid_epoch_with_the_cycled_shorter_task_at_its_place():
+    """With every task at every step, `CombinedLoader` restarts the shorter task when it runs out; a resumed
+    epoch continues each task where the interrupted one stood, the relabelled task (its own loader) included."""
+    low_high = {"low": ["class_0", "class_1"], "high": ["class_2", "class_3"]}
+    tasks = {
+        "large": partial(SyntheticDataModule, num_samples=80, batch_size=8, augment=False),  # 64 train rows: 8 batches
+        "small": partial(  # 24 training rows: 3 batches, cycled
+            RelabeledDataModule,
+            source=partial(SyntheticDataModule, num_samples=30, batch_size=8, seed=1, augment=False),
+            groups=low_high,
+        ),
+    }
+
+    def loader(processed: int) -> CombinedLoader:
+        data = MultiTaskDataModule(tasks, sampling="all")
+        loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(
+            current=SimpleNamespace(processed=processed))))  # fmt: skip
+        data.trainer = SimpleNamespace(fit_loop=loop, num_training_batches=8, world_size=1, global_rank=0)
+        data.setup("fit")
+        return data.train_dataloader()
+
+    def rows(combined: CombinedLoader) -> list[tuple[list[int], list[int]]]:
+        return [(b["large"]["index"].tolist(), b["small"]["index"].tolist()) for b, _, _ in iter(combined)]
+
+    full = rows(loader(0))
+    assert len(full) == 8 and full[3][1] == full[0][1]  # the small task restarts at the fourth step
+    for done in (2, 4, 5):  # in its first cycle, in the second (4 = 3 + 1), at the end of one
+        state = [part.state_dict() for part in loader(done).flattened]
+        resumed = loader(0)
+        for part, saved in zip(resumed.flattened, state, strict=True):
+            part.load_state_dict(saved)
+        assert rows(resumed) == full[done:], done

@@ -102,15 +102,7 @@ def fit(folder: Path, case: str, ddp: bool) -> dict[str, torch.Tensor]:
     return states[0]
 
 
-# Found by this test: with one task's batch per step, the ranks draw the same samples as one process and, without
-# augmentation, the same losses, but each sample's augmentation differs from one process's (every weighting
-# trains on all tasks per step and agrees). Open: not run (remove the mark to work on it).
-DRAWN_AUGMENTATION = pytest.mark.xfail(run=False, reason="drawn-task DDP augments samples unlike one process")
-
-
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=DRAWN_AUGMENTATION) if c.endswith("proportional") else c for c in CASES]
-)
+@pytest.mark.parametrize("case", list(CASES))
 def test_two_process_ddp_ends_where_one_process_on_the_global_batch_does(tmp_path, case):
     one, two = fit(tmp_path / "one", case, ddp=False), fit(tmp_path / "two", case, ddp=True)
     assert one.keys() == two.keys() and len(one) > 2
