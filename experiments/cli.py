@@ -38,7 +38,13 @@ from experiments.tracking import WandbLogger, WandbRunId, wandb_run_id
 from experiments.trainer import Trainer as TransferTrainer
 from lightning_modules.backbones import backbone_preprocessing
 from lightning_modules.base import TransferModule
-from lightning_modules.checkpoints import LINKED_FROM_DATA, check_hyperparameters, config_differences, read_checkpoint
+from lightning_modules.checkpoints import (
+    LINKED_FROM_DATA,
+    check_hyperparameters,
+    class_paths,
+    config_differences,
+    read_checkpoint,
+)
 
 # `--model FineTuning` / `--data GLUEDataModule` resolve among imported subclasses (the packages import lazily).
 lightning_modules.import_all()
@@ -172,7 +178,7 @@ class TransferCLI(LightningCLI):
             if missing:
                 raise ValueError(f"ckpt_path: {file} is not a Lightning checkpoint of a run (no {', '.join(missing)})")
             hparams = checkpoint.get("hyper_parameters", {})
-            check_hyperparameters(hparams, file, TransferModule)
+            check_hyperparameters(hparams, file, TransferModule, class_paths(self.config[subcommand].get("model")))
         except ValueError as error:
             fail(str(error))
         self._wandb_run_id = wandb_run_id(checkpoint)

@@ -45,23 +45,27 @@ TRUSTED_PACKAGES = ("lightning_modules", "torch", "peft", "lightning")
 PLAIN_TYPES = (str, int, float, bool, bytes, type(None), Path, list, tuple, dict, set, frozenset)
 
 
-def imported_class(class_path: object, base: type = object) -> type | None:
-    """The subclass of `base` that `class_path` names, if its module is already imported and in a trusted package:
-    reads `sys.modules`, so checking a checkpoint never imports (runs) a module the checkpoint chose."""
+def imported_class(class_path: object, base: type = object, chosen: frozenset[str] = frozenset()) -> type | None:
+    """The subclass of `base` that `class_path` names, if its module is already imported and in a trusted package
+    or the class is one the user's own config `chosen` names (a strategy or weighting of their own): reads
+    `sys.modules`, so checking a checkpoint never imports (runs) a module the checkpoint chose."""
     if not isinstance(class_path, str):
         return None
     module, _, name = class_path.rpartition(".")
-    if module.split(".")[0] not in TRUSTED_PACKAGES:
+    if module.split(".")[0] not in TRUSTED_PACKAGES and class_path not in chosen:
         return None
     target = getattr(sys.modules.get(module), name, None)
     return target if isinstance(target, type) and issubclass(target, base) else None
 
 
-def check_hyperparameters(hparams: dict[str, Any], file: Path, base: type) -> None:
+def check_hyperparameters(
+    hparams: dict[str, Any], file: Path, base: type, chosen: frozenset[str] = frozenset()
+) -> None:
     """Refuse a checkpoint whose hyper_parameters could make jsonargparse import and call code: an instantiator
     other than Lightning's, a strategy that is not an imported `base` subclass, a nested `class_path` that is not an
     imported class of a trusted package, or a string where the argument's type admits a callable or a class (a
-    scheduler's `lr_lambda: os._exit`). Only plain values pass. Errors name the file, the key and the value."""
+    scheduler's `lr_lambda: os._exit`). Only plain values pass, and classes of this project's packages or of the
+    user's own config (`chosen`, the class paths it names). Errors name the file, the key and the value."""
     instantiator = hparams.get("_instantiator")
     if instantiator is not None and instantiator not in TRUSTED_INSTANTIATORS:
         raise ValueError(
@@ -72,14 +76,14 @@ def check_hyperparameters(hparams: dict[str, Any], file: Path, base: type) -> No
 
     lightning_modules.import_all()  # every strategy of ours is trusted, whichever the caller happened to import
     class_path = hparams.get("_class_path")
-    strategy = imported_class(class_path, base) if class_path is not None else base
+    strategy = imported_class(class_path, base, chosen) if class_path is not None else base
     if strategy is None:
         raise ValueError(
             f"ckpt_path: {file} names the class {class_path!r} in its hyper_parameters, which is not one of the "
             f"imported {base.__name__} strategies; it was not imported (a checkpoint must not choose code to run)"
         )
     arguments = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    for key, value in _argument_references(arguments, _argument_types(strategy), "hyper_parameters"):
+    for key, value in _argument_references(arguments, _argument_types(strategy), "hyper_parameters", chosen):
         raise ValueError(
             f"ckpt_path: {file} names {value!r} at {key}, where a class or a function would "
             "be imported; it was not imported (a checkpoint must not choose code to run)"
@@ -123,25 +127,37 @@ def _admits_code(annotation: Any) -> bool:
     return True  # None (no annotation) or a typing construct we do not know: assume the worst
 
 
-def _code_references(value: Any, annotation: Any, where: str) -> list[tuple[str, Any]]:
+def _code_references(value: Any, annotation: Any, where: str, chosen: frozenset[str]) -> list[tuple[str, Any]]:
     """(where, value) of each value in `value` that names code: a `class_path` this check cannot vouch for, or a
     string where `annotation` (passed down to the items of lists and dicts) admits a callable or a class."""
     if isinstance(value, dict) and "class_path" in value:
-        cls = imported_class(value["class_path"])
+        cls = imported_class(value["class_path"], chosen=chosen)
         if cls is None:
             return [(f"{where}.class_path", value["class_path"])]
-        return _argument_references(value.get("init_args") or {}, _argument_types(cls), f"{where}.init_args")
+        return _argument_references(value.get("init_args") or {}, _argument_types(cls), f"{where}.init_args", chosen)
     if isinstance(value, str):
         return [(where, value)] if _admits_code(annotation) else []
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else []
-    return [found for key, item in items for found in _code_references(item, annotation, f"{where}[{key!r}]")]
+    return [found for key, item in items for found in _code_references(item, annotation, f"{where}[{key!r}]", chosen)]
 
 
-def _argument_references(arguments: dict[str, Any], types: dict[str, Any], where: str) -> list[tuple[str, Any]]:
+def _argument_references(
+    arguments: dict[str, Any], types: dict[str, Any], where: str, chosen: frozenset[str]
+) -> list[tuple[str, Any]]:
     """`_code_references` of a class's arguments, each under its own annotation (unknown when it has none)."""
     return [
-        found for key, item in arguments.items() for found in _code_references(item, types.get(key), f"{where}.{key}")
+        found
+        for key, item in arguments.items()
+        for found in _code_references(item, types.get(key), f"{where}.{key}", chosen)
     ]
+
+
+def class_paths(config: Any) -> frozenset[str]:
+    """Every `class_path` a parsed config (or part of one) names: the classes its user chose."""
+    config = _plain(config)
+    found = {config["class_path"]} if isinstance(config, dict) and isinstance(config.get("class_path"), str) else set()
+    items = config.values() if isinstance(config, dict) else config if isinstance(config, list) else []
+    return frozenset(found.union(*(class_paths(item) for item in items)))
 
 
 def _plain(value: Any) -> Any:

@@ -33,7 +33,7 @@ class FineTuning(TransferModule):
         bn_policy: BatchNorm layers of trained groups: `train` updates their running statistics, `eval`
             keeps the pretrained statistics (affine parameters still train), `freeze` keeps both.
             Frozen groups always behave as `freeze`. None: `eval` for a pretrained backbone (measured: see
-            the README), `train` from scratch (random statistics must be learned). With `model.adapter`
+            the README's demo), `train` from scratch (random statistics must be learned). With `model.adapter`
             the same: the BatchNorm layers train unless `freeze`.
         head_init: `linear_probe` fits the head on the frozen backbone's features of the un-augmented
             training set before fine-tuning starts (LP-FT, Kumar et al., ICLR 2022); `imagenet_rows`

@@ -225,3 +225,18 @@ def test_archive_members_out_of_the_target_are_refused_and_nothing_is_written_ou
         extract_archive(archive)
     assert set(tmp_path.rglob("*")) - before <= {tmp_path / "cache", tmp_path / "cache" / "data"}
     assert (outside / "escape.txt").read_bytes() == b"original" and list(outside.iterdir()) == [outside / "escape.txt"]
+
+
+def test_a_checkpoint_of_the_users_own_strategy_loads_when_their_command_names_it(in_tmp, monkeypatch, capsys):
+    """The class a checkpoint names is imported only when the user's own config names it too."""
+    (in_tmp / "my_strategies.py").write_text(
+        "from lightning_modules import FineTuning\nclass MyFineTuning(FineTuning):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(in_tmp))
+    monkeypatch.delitem(sys.modules, "my_strategies", raising=False)
+    mine = ["--model", "my_strategies.MyFineTuning", *TINY]
+    cli_main(["fit", *mine, "--checkpoint.dirpath", "checkpoints"])
+    cli_main(["test", *mine, "--ckpt_path", "checkpoints/last.ckpt"])
+    assert "test/acc" in capsys.readouterr().out
+    assert exit_code(["test", "--model", "FineTuning", *TINY, "--ckpt_path", "checkpoints/last.ckpt"]) == 2
+    assert "names the class 'my_strategies.MyFineTuning'" in capsys.readouterr().err
