@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lightning_modules.lightning_internals import CheckpointPath
 
 PARTIAL = ".partial"
 
@@ -38,7 +39,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Remote paths (s3://, ...) go through Lightning's own writer.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: CheckpointPath, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path, storage_options)
             return

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from lightning_modules.lightning_internals import apply_saved_loader_states
+
 
 def collect_rng_state() -> dict[str, Any]:
     """torch (CPU, and CUDA when in use), numpy and `random` states as tensors and numbers (weights_only)."""
@@ -61,10 +63,7 @@ class ExactResume(Callback):
         self._pending = state_dict
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        loop = trainer.fit_loop
-        if loop._combined_loader_states_to_load and loop._combined_loader is not None and loop._data_fetcher:
-            loop._load_combined_loader_states()
-            iter(loop._data_fetcher)  # a new iterator, starting where the loaders' states say
+        apply_saved_loader_states(trainer)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:

@@ -15,6 +15,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_modules.lightning_internals import launched_processes, save_last, stop_as_on_sigterm
+
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143, the shell's code for "ended by SIGTERM"
 
 
@@ -48,7 +50,7 @@ class CheckpointOnSigterm(Callback):
         if trainer.world_size > 1:
             marks = trainer.strategy.reduce(torch.tensor(float(self._marked)), reduce_op="sum")
             if float(marks) > 0:  # Lightning raises SIGTERMException on every rank at the end of this step
-                trainer._signal_connector.received_sigterm = True
+                stop_as_on_sigterm(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
@@ -62,7 +64,7 @@ class CheckpointOnSigterm(Callback):
             )
             exception.code = EXIT_SIGTERM
         elif trainer.world_size > 1 and trainer.is_global_zero:
-            children = list(getattr(trainer.strategy.launcher, "procs", []))
+            children = launched_processes(trainer)
             if children:
                 atexit.register(_end, children)  # at exit: after Python has printed the traceback
 
@@ -71,7 +73,7 @@ class CheckpointOnSigterm(Callback):
         checkpoint = trainer.checkpoint_callback
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.save_last and checkpoint.dirpath is not None:
             # ModelCheckpoint's own writer: its naming, versioning and `last_model_path` bookkeeping.
-            checkpoint._save_last_checkpoint(trainer, checkpoint._monitor_candidates(trainer))
+            save_last(checkpoint, trainer)
             return checkpoint.last_model_path
         folder = checkpoint.dirpath if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath else None
         path = str(Path(folder or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt")

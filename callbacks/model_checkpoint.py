@@ -5,6 +5,8 @@ from __future__ import annotations
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
+from lightning_modules.lightning_internals import last_is_behind, save_last, saves_on_train_epoch_end
+
 
 class ModelCheckpoint(LightningModelCheckpoint):
     """As Lightning's, but `save_last` writes `last.ckpt` at every validation (or train-epoch end, where the
@@ -16,15 +18,14 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._save_last_if_behind(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._save_last_if_behind(trainer)
 
     def _save_last_if_behind(self, trainer: Trainer) -> None:
-        behind = self._last_global_step_saved != trainer.global_step
-        if self.save_last and behind and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and last_is_behind(self, trainer):
+            save_last(self, trainer)

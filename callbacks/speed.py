@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from lightning_modules.lightning_internals import is_compiled
+
 
 def _channels_last(batch: Any) -> None:
     """Images (4-d `pixel_values`, also inside a multi-task `{task: batch}`) to channels_last, in place."""
@@ -39,7 +41,7 @@ class Speed(Callback):
         if self.channels_last:
             pl_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         backbone = getattr(pl_module, "backbone", None)
-        if self.compile and isinstance(backbone, torch.nn.Module) and backbone._compiled_call_impl is None:
+        if self.compile and isinstance(backbone, torch.nn.Module) and not is_compiled(backbone):
             backbone.compile(mode=self.compile_mode)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:

@@ -45,6 +45,7 @@ from lightning_modules.checkpoints import (
     config_differences,
     read_checkpoint,
 )
+from lightning_modules.lightning_internals import checkpoint_folder, last_checkpoints
 
 # `--model FineTuning` / `--data GLUEDataModule` resolve among imported subclasses (the packages import lazily).
 lightning_modules.import_all()
@@ -280,9 +281,8 @@ class TransferCLI(LightningCLI):
         found, folders = set(), []
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
-                found |= callback._find_last_checkpoints(self.trainer)
-                folder = callback._ModelCheckpoint__resolve_ckpt_dir(self.trainer)  # type: ignore[attr-defined]
-                folders.append(os.path.abspath(folder))
+                found |= last_checkpoints(callback, self.trainer)
+                folders.append(os.path.abspath(checkpoint_folder(callback, self.trainer)))
         if not found:
             say(
                 f"ckpt_path=last: no last checkpoint in {', '.join(folders) or 'any checkpoint folder'}; training "

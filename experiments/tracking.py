@@ -19,6 +19,8 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_modules.lightning_internals import set_wandb_run, wandb_is_offline, wandb_logger_run_id, wandb_run
+
 
 def wandb_base_url() -> str:
     """The W&B server: WANDB_BASE_URL, else the `base_url` that `wandb login --host` saved, else W&B's cloud."""
@@ -122,7 +124,7 @@ class WandbLogger(LightningWandbLogger):
             settings=wandb.Settings(init_timeout=init_timeout, console="off"),
         )
         if offline:
-            self._wandb_init["mode"] = "offline"
+            set_wandb_run(self, run_id, offline=True)
             rank_zero_info(
                 f"W&B: no credentials found, logging offline to {run_dir}/wandb. "
                 f"Sync later with `wandb sync {run_dir}/wandb/offline-run-*` after `wandb login`."
@@ -131,17 +133,18 @@ class WandbLogger(LightningWandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._experiment is not None:
-            return self._experiment
+        run = wandb_run(self)
+        if run is not None:
+            return run
         self._run_dir.mkdir(parents=True, exist_ok=True)
-        if not self._offline:
+        if not wandb_is_offline(self):
             reason = server_unreachable(self._connect_timeout)
             if reason is not None:
                 self._go_offline(f"the server is unreachable within {self._connect_timeout:g} s ({reason})")
         try:
             return LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
         except Exception as error:  # a server that does not answer must not cost the training run
-            if self._offline:
+            if wandb_is_offline(self):
                 raise
             self._go_offline(f"wandb.init failed: {error}")
             return LightningWandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
@@ -149,30 +152,28 @@ class WandbLogger(LightningWandbLogger):
     def finish(self, failed: bool = False) -> None:
         """End the W&B run, as W&B would at process exit, so that another run in this process (a notebook,
         in-process tests) starts a W&B run of its own instead of logging into this one."""
-        if self._experiment is not None and hasattr(self._experiment, "finish"):
-            self._experiment.finish(exit_code=1 if failed else 0)
+        run = wandb_run(self)
+        if run is not None and hasattr(run, "finish"):
+            run.finish(exit_code=1 if failed else 0)
 
     def continue_run(self, run_id: str) -> None:
         """Log into the W&B run `run_id` (the run a resumed training continues) instead of a new one. Online
         only: W&B cannot resume an offline run (two offline folders of one id overwrite each other when
         synced), so offline the continuation keeps its own id, and says so."""
-        if self._experiment is not None or run_id == self._id:
+        own = wandb_logger_run_id(self)
+        if wandb_run(self) is not None or run_id == own:
             return
-        if self._offline:
+        if wandb_is_offline(self):
             rank_zero_info(
-                f"W&B: this run continues run {run_id}, which W&B cannot resume offline; it logs as run {self._id}."
+                f"W&B: this run continues run {run_id}, which W&B cannot resume offline; it logs as run {own}."
             )
             return
-        self._wandb_init.update(id=run_id, resume="allow")
-        self._id = run_id
+        set_wandb_run(self, run_id, resume="allow")
         rank_zero_info(f"W&B: continuing run {run_id}")
 
     def _go_offline(self, why: str) -> None:
         # A fresh run id: W&B keeps the id of a failed online start reserved in this process.
-        self._offline, self._experiment = True, None
-        run_id = f"{self._wandb_init['id']}-offline"
-        self._wandb_init.update(mode="offline", id=run_id)
-        self._id = run_id
+        set_wandb_run(self, f"{wandb_logger_run_id(self)}-offline", offline=True)
         rank_zero_warn(
             f"W&B could not start online, {why}; logging offline to {self._run_dir}/wandb instead. Sync it later "
             f"with `wandb sync {self._run_dir}/wandb/offline-run-*`."

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 import lightning
 import torch
-from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_modules.lightning_internals import PrecisionInput
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -35,7 +36,7 @@ def auto_precision(accelerator: Any) -> Literal["bf16-mixed", "32-true"]:
 class Trainer(lightning.Trainer):
     """`lightning.Trainer`, whose `precision` also takes `auto` (see `auto_precision`)."""
 
-    def __init__(self, *args: Any, precision: Literal["auto"] | _PRECISION_INPUT | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, precision: Literal["auto"] | PrecisionInput | None = None, **kwargs: Any):
         if precision == "auto":
             precision = auto_precision(kwargs.get("accelerator", "auto"))
             rank_zero_info(f"precision auto: {precision}")

@@ -29,6 +29,7 @@ from lightning_modules.frozen_base import (
     restore_frozen_base,
     strip_frozen_base,
 )
+from lightning_modules.lightning_internals import epoch_batches_done, loggers_write_this_step
 from lightning_modules.metrics import TaskMetrics, shift_means
 from lightning_modules.pair_heads import PairHead, init_cosine_head, pair_features, pair_width, second_sentences
 
@@ -274,9 +275,9 @@ class TransferModule(LightningModule):
         model's step feels. Decided here, after the callbacks' hooks, so that a stop at this step counts."""
         values, self._step_values = self._step_values, {}
         trainer = self.trainer
-        epoch_ends = trainer.fit_loop.epoch_loop._num_ready_batches_reached()
+        epoch_ends = epoch_batches_done(trainer)
         run_ends = 0 < trainer.max_steps <= self.global_step
-        if trainer._logger_connector.should_update_logs or epoch_ends or run_ends:
+        if loggers_write_this_step(trainer) or epoch_ends or run_ends:
             for name, (value, size, prog_bar) in values.items():
                 self.log(name, value, on_step=True, on_epoch=False, batch_size=size, prog_bar=prog_bar)
 
