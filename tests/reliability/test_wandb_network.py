@@ -116,15 +116,17 @@ def test_the_server_is_the_environments_or_the_one_wandb_login_saved(tmp_path, m
 
 
 @pytest.mark.slow
-def test_a_run_started_under_another_processes_wandb_service_writes_into_its_own_folder(tmp_path, monkeypatch):
+def test_a_run_started_under_another_processes_wandb_service_writes_into_its_own_folder(tmp_path, request):
     """A process that ran W&B (a notebook, `transfer ablate`, pytest) leaves WANDB_SERVICE in its environment, so
     a run it launches logs through that process's W&B service, whose working directory is not the run's."""
     import wandb
 
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # restored (removed) after the test
+    if "WANDB_SERVICE" not in os.environ:  # as before the test afterwards
+        request.addfinalizer(lambda: os.environ.pop("WANDB_SERVICE", None))
     (tmp_path / "parent").mkdir()
     wandb.init(mode="offline", dir=tmp_path / "parent", project="parent").finish()
-    assert "WANDB_SERVICE" in os.environ
+    if "WANDB_SERVICE" not in os.environ:  # W&B sets it when it starts this process's service
+        pytest.fail("this process's W&B service left no WANDB_SERVICE")  # fmt: skip
     (tmp_path / "child").mkdir()
     done, _ = run(tmp_path / "child", {"WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr[-2000:]
