@@ -69,9 +69,9 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def preprocessing_of(backbone: str) -> dict[str, Any]:
-    """Link function: a backbone name -> its preprocessing as plain values (serialisable config)."""
-    return asdict(backbone_preprocessing(backbone))
+def preprocessing_of(backbone: str, backbone_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """Link function: a backbone name and options -> its preprocessing as plain values (serialisable config)."""
+    return asdict(backbone_preprocessing(backbone, backbone_kwargs))
 
 
 def report_differences(source: str, used: str, differences: list[tuple[str, Any, Any]], hint: str = "") -> None:
@@ -144,7 +144,7 @@ class TransferCLI(LightningCLI):
             # defaults.yaml sets the subcommands' `weights_only`; with run=False the caller loads checkpoints.
             parser.add_argument("--weights_only", type=bool | None, default=True, help=argparse.SUPPRESS)
         parser.link_arguments(
-            "model.init_args.backbone",
+            ("model.init_args.backbone", "model.init_args.backbone_kwargs"),
             "data.init_args.preprocessing",
             compute_fn=preprocessing_of,
             apply_on="parse",

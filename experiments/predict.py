@@ -86,13 +86,14 @@ def write_rows(rows: list[dict[str, str]], path: Path) -> None:
     write_atomically(path, lambda handle: handle.write(text.getvalue().encode()))
 
 
-def load_predictor(model: Path, device: str, work: Path) -> Predictor:
-    """An export folder's predictor, or a checkpoint's, exported first into `work`."""
+def load_predictor(model: Path, device: str, work: Path, own_strategy: str | None = None) -> Predictor:
+    """An export folder's predictor, or a checkpoint's (of `own_strategy`, when it is the user's own), exported
+    first into `work`."""
     if not model.is_file():
         return Predictor.load(model, device)
     from experiments.export.command import export_checkpoint
 
-    export_checkpoint(model, work / "export")
+    export_checkpoint(model, work / "export", own_strategy=own_strategy)
     return Predictor.load(work / "export", device)
 
 
@@ -111,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_k", type=int, default=5, help="labels listed per input, most probable first")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--strategy", help="a checkpoint of your own strategy: its class path (its module is imported), as for export"
+    )
     args = parser.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory(prefix="transfer-predict-") as work:
-            predictor = load_predictor(args.model, args.device, Path(work))
+            predictor = load_predictor(args.model, args.device, Path(work), args.strategy)
             rows = predict_rows(predictor, args.inputs, args.task, args.columns, args.top_k, args.batch_size)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

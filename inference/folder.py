@@ -90,12 +90,12 @@ def _build_backbone(folder: Path, spec: dict[str, Any]) -> nn.Module:
     if spec.get("pooling") is None:
         from lightning_modules.backbones import create_backbone
 
-        return create_backbone(spec["name"], pretrained=False)
+        return create_backbone(spec["name"], pretrained=False, backbone_kwargs=spec.get("kwargs"))
     import torch
     from transformers import AutoConfig, AutoModel
 
     from datamodules.transforms import Preprocessing
-    from lightning_modules.text_backbones import TransformersBackbone
+    from lightning_modules.backbones.transformers_encoders import TransformersBackbone
 
     encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder / BACKBONE_CONFIG)), dtype=torch.float32)
     return TransformersBackbone(encoder, Preprocessing(tokenizer=str(folder / TOKENIZER)), spec["pooling"])

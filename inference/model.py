@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_modules.backbones.base import backbone_inputs
 from lightning_modules.pair_heads import PairHead, pair_features, second_sentences
 
 Inputs = dict[str, Tensor]
@@ -25,7 +26,7 @@ class ExportedModel(nn.Module):
 
     def embed(self, inputs: Inputs) -> Tensor:
         """What the heads take: the pooled backbone features, or a bi-encoder's pair features."""
-        first = inputs.get("pixel_values", inputs)  # text backbones take the whole tokenized dict
+        first = backbone_inputs(inputs)
         if self.pair_head is None:
             return self.backbone(first)
         return pair_features(self.backbone(first), self.backbone(second_sentences(inputs)), self.pair_head)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable, instantiate_module
 from lightning.pytorch.utilities import rank_zero_info
@@ -20,7 +20,9 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_modules.adapters import BitFit, PeftConfig, adapter_config, attach_adapter
 from lightning_modules.backbones import create_backbone
+from lightning_modules.backbones.base import backbone_inputs
 from lightning_modules.checkpoints import read_checkpoint
+from lightning_modules.feature_cache import FeatureEncoder
 from lightning_modules.finite import check_finite_losses, check_finite_state
 from lightning_modules.frozen_base import (
     ADAPTER_ONLY,
@@ -30,8 +32,9 @@ from lightning_modules.frozen_base import (
     strip_frozen_base,
 )
 from lightning_modules.lightning_internals import epoch_batches_done, loggers_write_this_step
-from lightning_modules.metrics import TaskMetrics, shift_means
+from lightning_modules.metrics import shift_means
 from lightning_modules.pair_heads import PairHead, init_cosine_head, pair_features, pair_width, second_sentences
+from lightning_modules.tasks import Task, linear_of
 
 Batch = dict[str, Tensor]
 ParamGroup = dict[str, Any]
@@ -48,6 +51,10 @@ class TransferModule(LightningModule):
         val_names: Names of the validation sets, suffixes of their metrics (MNLI: `m`, `mm`); linked.
         pretrained: Start from the backbone's pretrained weights (an error if they cannot be obtained).
         weights: A local weights file for the backbone; wins over `pretrained`.
+        backbone_kwargs: Options of the backbone's builder: timm's `create_model` (`drop_path_rate`,
+            `img_size`, ...), torchvision's `get_model`, a transformers encoder's `pooling` (`cls`, `mean`,
+            `pooler`) and config settings (`attn_implementation`, `hidden_dropout_prob`, ...); a registered
+            backbone's own options. A key the builder does not take is an error.
         backbone_ckpt: A Lightning checkpoint of one of our runs (e.g. `Contrastive` pretraining): the
             backbone starts from its `backbone.*` weights; projector and head are dropped. Wins over
             `pretrained`; give it or `weights`, not both.
@@ -78,6 +85,7 @@ class TransferModule(LightningModule):
         num_classes: int = 10,
         pretrained: bool = True,
         weights: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         backbone_ckpt: str | None = None,
         head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
@@ -94,13 +102,13 @@ class TransferModule(LightningModule):
         super().__init__()
         # Callables are not checkpoint data (and would break weights_only loading); the CLI config holds them.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if num_classes < 1:
-            raise ValueError(f"model.num_classes must be at least 1 (1 = regression), got {num_classes}")
+        self.task = Task(num_classes, tuple(metrics) if metrics else None, label_smoothing)
         self.backbone_name = backbone
-        self.label_smoothing = label_smoothing
         if weights is not None and backbone_ckpt is not None:
             raise ValueError("give model.weights or model.backbone_ckpt, not both: each sets the backbone's weights")
-        self.backbone = create_backbone(backbone, pretrained=pretrained and backbone_ckpt is None, weights=weights)
+        self.backbone = create_backbone(
+            backbone, pretrained and backbone_ckpt is None, weights=weights, backbone_kwargs=backbone_kwargs
+        )
         if backbone_ckpt is not None:
             load_backbone_ckpt(self.backbone, backbone, backbone_ckpt)
         self.adapter = adapter
@@ -110,31 +118,49 @@ class TransferModule(LightningModule):
             if not isinstance(self.hparams["adapter"], dict):  # outside the CLI: keep checkpoints plain data
                 self.hparams["adapter"] = adapter_config(adapter)
         self.pair_head = pair_head
-        head = nn.Linear(pair_width(self.backbone.num_features, pair_head), num_classes)
-        if pair_head == "cosine" and num_classes == 1:
-            init_cosine_head(head, pair_scale)
-        self.head = nn.Sequential(nn.Dropout(head_dropout), head) if head_dropout > 0 else head
+        self.pair_scale = pair_scale
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.regression = num_classes == 1
-        official = metrics or (["pearson", "spearman"] if self.regression else ["acc"])
-        extras = ["acc_top5"] if "acc" in official and num_classes > 5 else []
         self.val_names = val_names or [""]
         self.shift_sets: list[str] = []  # the datamodule's corrupted test sets, tested after the clean ones
         self.test_labels: Tensor | None = None  # test label -> model label, when the test data names its classes
-        self.metric_spec = (official, num_classes, extras)
-        # One TaskMetrics per evaluation set (attributes, not a ModuleDict: `train` is an nn.Module method).
-        self.train_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec)])
-        self.val_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec) for _ in self.val_names])
-        self.test_metrics = nn.ModuleList([TaskMetrics(*self.metric_spec) for _ in self.val_names])
+        self.init_task_modules()
         self._step_values: dict[str, tuple[Tensor, int, bool]] = {}  # this training step's, to be logged
+
+    @property
+    def regression(self) -> bool:
+        return self.task.regression
+
+    def init_task_modules(self) -> None:
+        """The head and one `TaskMetrics` per evaluation set (attributes, not a ModuleDict: `train` is an nn.Module
+        method). A strategy with other heads or metrics (`MultiTask`: one per task) builds its own instead."""
+        self.head = self.build_head()
+        self.train_metrics = nn.ModuleList([self.task.new_metrics()])
+        self.val_metrics = nn.ModuleList([self.evaluation_metrics() for _ in self.val_names])
+        self.test_metrics = nn.ModuleList([self.evaluation_metrics() for _ in self.val_names])
+
+    def build_head(self) -> nn.Module:
+        """The task's head on the backbone's features (on the pair's, with a bi-encoder); a `cosine` pair head of a
+        regression starts as `pair_scale * cos`."""
+        head = self.task.head(pair_width(self.backbone.num_features, self.pair_head), self.hparams["head_dropout"])
+        if self.pair_head == "cosine" and self.regression:
+            init_cosine_head(linear_of(head), self.pair_scale)
+        return head
+
+    @property
+    def backbone_identity(self) -> str:
+        """The backbone's name and options: with its weights, what its features depend on (feature cache keys)."""
+        options = self.hparams.get("backbone_kwargs")
+        return f"{self.backbone_name} {json.dumps(options, sort_keys=True)}" if options else self.backbone_name
+
+    def feature_encoder(self, datamodule: Any, cache_dir: bool | str | None) -> FeatureEncoder:
+        """The backbone's features (its weights as they are now) of the datamodule's sets, cached in `cache_dir`."""
+        return FeatureEncoder(self.backbone, self.backbone_identity, datamodule.fingerprint, cache_dir)
 
     @property
     def linear_head(self) -> nn.Linear:
         """The head's linear layer (behind its dropout, if any)."""
-        head = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
-        assert isinstance(head, nn.Linear)
-        return head
+        return linear_of(self.head)
 
     @classmethod
     def for_inference(cls, hparams: dict[str, Any]) -> TransferModule:
@@ -157,7 +183,7 @@ class TransferModule(LightningModule):
     def features(self, batch: Batch) -> Tensor:
         if "features" in batch:  # precomputed by the feature cache
             return batch["features"]
-        inputs = batch.get("pixel_values", batch)  # text backbones take the whole tokenized dict
+        inputs = backbone_inputs(batch)
         with torch.no_grad() if self.backbone_is_frozen() else contextlib.nullcontext():
             if ("pair_input_ids" in batch) != (self.pair_head is not None):
                 raise ValueError(
@@ -173,11 +199,7 @@ class TransferModule(LightningModule):
 
     def compute_loss(self, batch: Batch, stage: str) -> dict[str, Tensor]:
         logits = self(batch)
-        if self.regression:
-            loss = F.mse_loss(logits.squeeze(-1).float(), batch["labels"].float())
-        else:
-            loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
-        return {"loss": loss, "logits": logits}
+        return {"loss": self.task.loss(logits, batch["labels"]), "logits": logits}
 
     def train(self, mode: bool = True) -> TransferModule:
         """Frozen means frozen: a module whose parameters are all frozen stays in eval mode, so its
@@ -198,8 +220,8 @@ class TransferModule(LightningModule):
     # ------------------------------------------------------------------------------------- steps
 
     def evaluation_metrics(self) -> nn.Module:
-        """The metrics of one more evaluation set (a shift set)."""
-        return TaskMetrics(*self.metric_spec)
+        """The metrics of one evaluation set (a validation or test set, a shift set)."""
+        return self.task.new_metrics()
 
     def on_train_start(self) -> None:
         datamodule: Any = getattr(self.trainer, "datamodule", None)
@@ -337,8 +359,7 @@ class TransferModule(LightningModule):
         self._log_metrics("test")
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        outputs = self(batch)
-        return outputs.squeeze(-1) if self.regression else outputs.softmax(-1)
+        return self.task.predict(self(batch))
 
     # ------------------------------------------------------------------------------- optimization
 

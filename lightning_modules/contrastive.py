@@ -12,16 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.backbones.transformers_encoders import MODEL_INPUTS
 from lightning_modules.base import Batch, ParamGroup, TransferModule
 from lightning_modules.feature_cache import extract_features
 from lightning_modules.knn import knn_scores
 from lightning_modules.losses import nt_xent, supcon
-from lightning_modules.text_backbones import MODEL_INPUTS
 
 # method -> loss(z1, z2, labels, temperature)
 LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor, float], Tensor]] = {
@@ -128,10 +127,6 @@ class Contrastive(TransferModule):
         self.linear_probe = linear_probe
         self.knn_k = knn_k
         self.knn_temperature = knn_temperature
-        # The probe standardises its input (BatchNorm without affine parameters, as MAE's linear probe), so
-        # one learning rate suits features of any scale (a from-scratch CIFAR ResNet's have norms near 100).
-        layers = list(self.head) if isinstance(self.head, nn.Sequential) else [self.head]
-        self.head = nn.Sequential(nn.BatchNorm1d(self.backbone.num_features, affine=False), *layers)
         if not linear_probe:
             self.head.requires_grad_(False)  # out of the optimizer, and no unused parameters under DDP
         num_classes = self.hparams["num_classes"]
@@ -140,6 +135,14 @@ class Contrastive(TransferModule):
         self.val_metrics = nn.ModuleList([self.evaluation_metrics() for _ in self.val_names])
         self.test_metrics = nn.ModuleList([self.evaluation_metrics() for _ in self.val_names])
         self.bank: tuple[Tensor, Tensor] | None = None  # kNN features and labels, rebuilt every evaluation
+
+    def init_task_modules(self) -> None:
+        """The online probe as the head; its accuracies (kNN, linear) are built in `__init__`, once the evaluations
+        are known. The probe standardises its input (BatchNorm without affine parameters, as MAE's linear probe),
+        so one learning rate suits features of any scale (a from-scratch CIFAR ResNet's have norms near 100)."""
+        head = self.build_head()
+        layers = list(head) if isinstance(head, nn.Sequential) else [head]
+        self.head = nn.Sequential(nn.BatchNorm1d(self.backbone.num_features, affine=False), *layers)
 
     def inference_heads(self) -> dict[str, nn.Module]:
         """The online probe, when trained (`linear_probe`); else none: the backbone alone is the result."""
@@ -153,7 +156,7 @@ class Contrastive(TransferModule):
         parts = {"contrastive_loss": LOSSES[self.method](z1, z2, labels, self.temperature)}
         logits = self.head(features.detach())
         if self.linear_probe:
-            parts["linear_loss"] = F.cross_entropy(logits, torch.cat([labels, labels]))
+            parts["linear_loss"] = self.task.loss(logits, torch.cat([labels, labels]))
         return {"loss": torch.stack(list(parts.values())).sum(), "logits": logits[: len(labels)], **parts}
 
     # ----------------------------------------------------------------------------------- evaluation

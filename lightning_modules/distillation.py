@@ -18,11 +18,12 @@ from torch import Tensor
 
 from datamodules.cache import cache_root
 from datamodules.transforms import Preprocessing
+from lightning_modules.backbones.base import backbone_inputs
+from lightning_modules.backbones.transformers_encoders import TransformersBackbone
 from lightning_modules.base import Batch, TransferModule
 from lightning_modules.feature_cache import FeatureEncoder
-from lightning_modules.losses import kd_loss, kd_regression_loss
-from lightning_modules.teachers import Teacher, build_teacher, linear_of
-from lightning_modules.text_backbones import TransformersBackbone
+from lightning_modules.tasks import linear_of
+from lightning_modules.teachers import Teacher, build_teacher
 
 
 class Distillation(TransferModule):
@@ -88,10 +89,10 @@ class Distillation(TransferModule):
                 raise ValueError(f"model.student_layers: {error}") from None
         with torch.random.fork_rng(devices=[]):  # no randomness taken: a seed gives the same student as without KD
             built = build_teacher(teacher, teacher_weights, teacher_ckpt, teacher_image_size)
-        if built.num_classes != linear_of(self.head).out_features:
+        if built.num_classes != self.linear_head.out_features:
             raise ValueError(
                 f"the teacher ({built.name}) has {built.num_classes} outputs but model.num_classes is "
-                f"{linear_of(self.head).out_features}"
+                f"{self.linear_head.out_features}"
             )
         if built.preprocessing.tokenizer != self.backbone.preprocessing.tokenizer:
             raise ValueError(
@@ -137,7 +138,7 @@ class Distillation(TransferModule):
             source.keep_layers(layers)
         try:
             self.backbone.load_state_dict(source.state_dict())
-            linear_of(self.head).load_state_dict(linear_of(self.teacher.head).state_dict())
+            self.linear_head.load_state_dict(linear_of(self.teacher.head).state_dict())
         except RuntimeError as error:
             raise ValueError(
                 f"model.student_init=teacher: model.backbone {self.backbone_name} is not the teacher's "
@@ -173,7 +174,7 @@ class Distillation(TransferModule):
     @torch.no_grad()
     def teacher_outputs(self, batch: Batch) -> Tensor:
         if not self.teacher_cache:
-            return self.teacher(batch.get("pixel_values", batch))
+            return self.teacher(backbone_inputs(batch))
         if self.teacher_logits is None:
             raise RuntimeError("teacher_cache: the logits are computed in on_fit_start; train with Trainer.fit")
         return self.teacher_logits[batch["index"]]
@@ -182,14 +183,10 @@ class Distillation(TransferModule):
         out = super().compute_loss(batch, stage)
         if stage != "train":
             return out
-        task_name = "mse_loss" if self.regression else "ce_loss"
+        task_name = self.task.loss_name
         if self.alpha == 0:
             return {**out, task_name: out["loss"]}
-        teacher = self.teacher_outputs(batch)
-        if self.regression:
-            kd = kd_regression_loss(out["logits"], teacher)
-        else:
-            kd = kd_loss(out["logits"], teacher, self.temperature)
+        kd = self.task.distillation_loss(out["logits"], self.teacher_outputs(batch), self.temperature)
         loss = self.alpha * kd + (1 - self.alpha) * out["loss"]
         return {"loss": loss, "logits": out["logits"], "kd_loss": kd, task_name: out["loss"]}
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from datamodules.cache import cache_root, save_atomically
+from lightning_modules.backbones.base import backbone_inputs
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -36,7 +37,7 @@ def extract_features(backbone: nn.Module, loader: DataLoader) -> Tensor:
     backbone.eval()
     chunks = []
     for batch in loader:
-        inputs = batch.get("pixel_values", batch)
+        inputs = backbone_inputs(batch)
         chunks.append(backbone(move_data_to_device(inputs, device)).float().cpu())
     backbone.train(was_training)
     return torch.cat(chunks)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from lightning_modules.base import ParamGroup, TransferModule
-from lightning_modules.feature_cache import FeatureEncoder
 from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows, imagenet_indices_of
 
 
@@ -49,7 +48,7 @@ class FeatureExtraction(TransferModule):
                     "model.cache_features needs a datamodule with set_input_encoder (TransferDataModule, "
                     f"TextDataModule); got {type(datamodule).__name__}"
                 )
-            encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
+            encoder = self.feature_encoder(datamodule, self.feature_cache_dir)
             datamodule.set_input_encoder(encoder)
 
     def check_data(self, datamodule: Any) -> None:

@@ -9,7 +9,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_modules.base import ParamGroup, TransferModule
-from lightning_modules.feature_cache import FeatureEncoder
 from lightning_modules.imagenet_head import check_imagenet_rows, copy_imagenet_rows, imagenet_indices_of
 from lightning_modules.linear_probe import fit_linear_probe
 
@@ -115,7 +114,7 @@ class FineTuning(TransferModule):
                     "model.head_init=linear_probe needs a TransferDataModule or TextDataModule (a feature source)"
                 )
             loader, labels = datamodule.feature_source("train")
-            encoder = FeatureEncoder(self.backbone, self.backbone_name, datamodule.fingerprint, self.feature_cache_dir)
+            encoder = self.feature_encoder(datamodule, self.feature_cache_dir)
             accuracy = fit_linear_probe(self.linear_head, encoder("train", loader), labels, l2=self.probe_l2)
             rank_zero_info(f"LP-FT: linear probe fitted on frozen features, train accuracy {accuracy:.3f}")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, TypedDict, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
@@ -20,7 +19,7 @@ from torchmetrics import MeanMetric
 from datamodules.multi_task import check_task_names
 from lightning_modules.base import Batch, ParamGroup, TransferModule
 from lightning_modules.finite import check_finite_losses
-from lightning_modules.metrics import TaskMetrics
+from lightning_modules.tasks import Task
 from lightning_modules.weighting import Equal, GradientWeighting, LossWeighting
 
 MultiBatch = dict[str, Batch]
@@ -70,28 +69,27 @@ class MultiTask(TransferModule):
                 "task_specs the CLI links into model.tasks"
             )
         check_task_names(list(tasks), "model.tasks")
-        self.tasks = {name: TaskSpec(**spec) for name, spec in tasks.items()}  # type: ignore[typeddict-item]
         if isinstance(self.hparams.get("weighting"), nn.Module):  # outside the CLI: keep checkpoints plain data
             self.hparams["weighting"] = f"{type(weighting).__module__}.{type(weighting).__qualname__}"
-        del self.head, self.train_metrics, self.val_metrics, self.test_metrics  # one of each per task below
-        dropout = self.hparams["head_dropout"]
-        features = self.backbone.num_features
+        smoothing, dropout = self.hparams["label_smoothing"], self.hparams["head_dropout"]
+        self.tasks = {
+            name: Task(s["num_classes"], tuple(s["metrics"] or ()) or None, smoothing) for name, s in tasks.items()
+        }
         self.heads = nn.ModuleDict(
-            {
-                name: nn.Sequential(nn.Dropout(dropout), nn.Linear(features, spec["num_classes"]))
-                if dropout > 0
-                else nn.Linear(features, spec["num_classes"])
-                for name, spec in self.tasks.items()
-            }
+            {name: task.head(self.backbone.num_features, dropout) for name, task in self.tasks.items()}
         )
         self.weighting = weighting if weighting is not None else Equal()
-        self.weighting.setup({name: spec["num_classes"] == 1 for name, spec in self.tasks.items()})
+        self.weighting.setup({name: task.regression for name, task in self.tasks.items()})
         self.automatic_optimization = not self.weighting.uses_gradients
-        self.val_sets = [(task, name) for task, spec in self.tasks.items() for name in spec["val_names"] or [""]]
-        self.train_task_metrics = nn.ModuleDict({t: nn.ModuleList([self._metrics(t)]) for t in self.tasks})
+        self.val_sets = [(task, name) for task, spec in tasks.items() for name in spec["val_names"] or [""]]
+        self.train_task_metrics = nn.ModuleDict(
+            {name: nn.ModuleList([task.new_metrics()]) for name, task in self.tasks.items()}
+        )
         for stage in ("val", "test"):
-            sets = {t: nn.ModuleList([self._metrics(t) for _ in s["val_names"] or [""]]) for t, s in self.tasks.items()}
-            setattr(self, f"{stage}_task_metrics", nn.ModuleDict(sets))
+            sets = {
+                name: [task.new_metrics() for t, _ in self.val_sets if t == name] for name, task in self.tasks.items()
+            }
+            setattr(self, f"{stage}_task_metrics", nn.ModuleDict({t: nn.ModuleList(m) for t, m in sets.items()}))
         self.val_loss_mean = MeanMetric()
         self.test_loss_mean = MeanMetric()
 
@@ -99,11 +97,8 @@ class MultiTask(TransferModule):
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
-    def _metrics(self, task: str) -> TaskMetrics:
-        spec = self.tasks[task]
-        official = spec["metrics"] or (["pearson", "spearman"] if spec["num_classes"] == 1 else ["acc"])
-        extras = ["acc_top5"] if "acc" in official and spec["num_classes"] > 5 else []
-        return TaskMetrics(official, spec["num_classes"], extras)
+    def init_task_modules(self) -> None:
+        """One head and one set of metrics per task: built in `__init__`, once the tasks are known."""
 
     def setup(self, stage: str) -> None:
         datamodule: Any = getattr(self.trainer, "datamodule", None)
@@ -131,11 +126,6 @@ class MultiTask(TransferModule):
     def forward(self, batch: MultiBatch) -> dict[str, Tensor]:  # type: ignore[override]
         return {task: self.task_logits(part, task) for task, part in batch.items()}
 
-    def task_loss(self, task: str, logits: Tensor, labels: Tensor) -> Tensor:
-        if self.tasks[task]["num_classes"] == 1:
-            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-
     def compute_loss(self, batch: MultiBatch, stage: str) -> dict[str, Tensor]:  # type: ignore[override]
         """`loss` (training: the weighting's total; evaluation: the task's loss), and per task
         `<task>/loss`, `<task>/logits` and, in training, `<task>/weight`."""
@@ -143,7 +133,7 @@ class MultiTask(TransferModule):
         losses = {}
         for task, part in batch.items():
             logits = self.task_logits(part, task)
-            losses[task] = self.task_loss(task, logits, part["labels"])
+            losses[task] = self.tasks[task].loss(logits, part["labels"])
             out[f"{task}/logits"], out[f"{task}/loss"] = logits, losses[task]
         if stage == "train":
             out["loss"], weights = self.weighting(losses)
@@ -206,8 +196,7 @@ class MultiTask(TransferModule):
         """Each task tests on its own sets (`val_sets`); corrupted test sets are not offered per task."""
 
     def predict_step(self, batch: MultiBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:  # type: ignore[override]
-        outputs = self(batch)
-        return {t: o.squeeze(-1) if self.tasks[t]["num_classes"] == 1 else o.softmax(-1) for t, o in outputs.items()}
+        return {task: self.tasks[task].predict(outputs) for task, outputs in self(batch).items()}
 
     def on_train_epoch_end(self) -> None:
         self.weighting.end_epoch()

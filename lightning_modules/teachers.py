@@ -13,14 +13,9 @@ from torch import Tensor, nn
 
 from datamodules.transforms import Preprocessing
 from lightning_modules.backbones import Backbone, PretrainedWeightsUnavailable, create_backbone, weights_dir
+from lightning_modules.backbones.transformers_encoders import TransformersBackbone
 from lightning_modules.checkpoints import read_checkpoint
-from lightning_modules.text_backbones import TransformersBackbone
-
-
-def linear_of(head: nn.Module) -> nn.Linear:
-    linear = head[-1] if isinstance(head, nn.Sequential) else head
-    assert isinstance(linear, nn.Linear)
-    return linear
+from lightning_modules.tasks import linear_of
 
 
 class Teacher(nn.Module):
@@ -102,14 +97,16 @@ def checkpoint_teacher(path: str, image_size: int | None) -> Teacher:
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in checkpoint:
         raise ValueError(f"model.teacher_ckpt: {file} is not a checkpoint of a TransferModule run (no backbone)")
-    backbone = create_backbone(hparams["backbone"], pretrained=False)
+    backbone = create_backbone(hparams["backbone"], pretrained=False, backbone_kwargs=hparams.get("backbone_kwargs"))
     if hparams.get("student_layers"):  # the teacher was itself a distilled, shallower student
         assert isinstance(backbone, TransformersBackbone)
         backbone.keep_layers(hparams["student_layers"])
     head: nn.Module = nn.Linear(backbone.num_features, hparams["num_classes"])
     if hparams.get("head_dropout", 0.0) > 0:
         head = nn.Sequential(nn.Dropout(hparams["head_dropout"]), head)
-    teacher = Teacher(backbone, head, f"{hparams['backbone']} from {file.name}", image_size)
+    options = hparams.get("backbone_kwargs")
+    name = f"{hparams['backbone']}{' ' + json.dumps(options, sort_keys=True) if options else ''} from {file.name}"
+    teacher = Teacher(backbone, head, name, image_size)
     state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(("backbone.", "head."))}
     try:
         teacher.load_state_dict(state)

@@ -8,13 +8,13 @@ starts, and one line of `history.jsonl` per validation with every scalar `val/*`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from datamodules.cache import write_atomically
 from experiments.ablation.runs import HISTORY, PROGRESS, read_history
 
 
@@ -52,7 +52,4 @@ class RunRecorder(Callback):
             handle.write(json.dumps(row) + "\n")
 
     def _write(self, name: str, text: str) -> None:
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        tmp = self.dirpath / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.dirpath / name)
+        write_atomically(self.dirpath / name, lambda handle: handle.write(text.encode()))

@@ -4,11 +4,12 @@ callback inside the run and the display share. Imports nothing heavy: submitit j
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from datamodules.cache import write_atomically
 
 RESULT = "result.json"  # written by the runner when the run finished: its presence means "finished"
 PROGRESS = "progress.json"  # written by the recorder when an epoch starts
@@ -39,9 +40,8 @@ class RunSpec:
 
 def write_json(path: Path, data: Any) -> None:
     """Whole or not at all: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode()))
 
 
 def read_json(path: Path) -> Any | None:

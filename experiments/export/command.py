@@ -24,7 +24,7 @@ from experiments.export.card import model_card
 from experiments.export.formats import export_onnx, export_torchscript
 from experiments.export.network import export_config, exported_model, task_inputs
 from experiments.export.write import write_export
-from experiments.run_model import load_trained_model
+from experiments.run_model import STRATEGY_HELP, load_trained_model
 from inference import Predictor
 from inference.folder import FORMATS
 from inference.inputs import image_files, read_texts
@@ -39,13 +39,15 @@ def export_checkpoint(
     check_inputs: str | Path | None = None,
     tolerance: float = 1e-4,
     opset: int | None = None,
+    own_strategy: str | None = None,
 ) -> dict[str, Any]:
-    """Export `ckpt_path` into the folder `out`; returns its config."""
+    """Export `ckpt_path` (trained with `own_strategy`, when it is the user's own) into the folder `out`; returns
+    its config."""
     formats = formats or ["safetensors"]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"--format {' '.join(unknown)}: not one of {', '.join(FORMATS)}")
-    model, checkpoint = load_trained_model(ckpt_path, seed)
+    model, checkpoint = load_trained_model(ckpt_path, seed, own_strategy)
     network = exported_model(model)
     config = export_config(network, checkpoint["hyper_parameters"], str(ckpt_path))
     first = next(iter(task_inputs(checkpoint["hyper_parameters"]["inputs"]).values()))
@@ -142,10 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=int, help="the run's seed_everything, for an adapter on a random base (default: the recorded)"
     )
+    parser.add_argument("--strategy", help=STRATEGY_HELP)
     args = parser.parse_args(argv)
     try:
         config = export_checkpoint(
-            args.ckpt_path, args.out, args.format, args.seed, args.check_inputs, args.tolerance, args.opset
+            args.ckpt_path,
+            args.out,
+            args.format,
+            args.seed,
+            args.check_inputs,
+            args.tolerance,
+            args.opset,
+            args.strategy,
         )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

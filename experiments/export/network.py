@@ -11,8 +11,8 @@ from torch import nn
 from inference.folder import FORMAT, FORMAT_VERSION
 from inference.model import ExportedModel
 from lightning_modules.adapters import merge_adapter
+from lightning_modules.backbones.transformers_encoders import TransformersBackbone
 from lightning_modules.base import TransferModule
-from lightning_modules.text_backbones import TransformersBackbone
 
 
 def fold_head(head: nn.Module) -> nn.Linear:
@@ -70,7 +70,9 @@ def export_config(network: ExportedModel, hparams: dict[str, Any], source: str) 
         }
     backbone: dict[str, Any] = {"name": hparams["backbone"], "num_features": network.backbone.num_features}
     if isinstance(network.backbone, TransformersBackbone):
-        backbone["pooling"] = network.backbone.pooling
+        backbone["pooling"] = network.backbone.pooling  # the encoder itself: its config.json in the folder
+    elif hparams.get("backbone_kwargs"):
+        backbone["kwargs"] = hparams["backbone_kwargs"]  # how the vision network was built (e.g. timm's img_size)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

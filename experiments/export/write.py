@@ -11,7 +11,7 @@ from typing import Any
 
 from inference.folder import BACKBONE_CONFIG, CARD, CONFIG, TOKENIZER, WEIGHTS
 from inference.model import ExportedModel
-from lightning_modules.text_backbones import TransformersBackbone
+from lightning_modules.backbones.transformers_encoders import TransformersBackbone
 
 
 def write_export(

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from experiments.ablation.study import cli_value
 from lightning_modules.backbones import Backbone
-from lightning_modules.text_backbones import Pooling, TransformersBackbone
+from lightning_modules.backbones.transformers_encoders import POOLINGS, Pooling, TransformersBackbone
 
 KEYS = ("backbone", "weights", "pretrained", "cut", "layers", "pooling", "set")
 
@@ -70,8 +70,8 @@ def parse_candidates(value: Any, where: str) -> list[Candidate]:
         layers = spec.get("layers")
         if layers is not None and (not isinstance(layers, int) or isinstance(layers, bool) or layers < 1):
             raise ValueError(f"{where}.{name}.layers: expected a positive number of encoder layers, got {layers!r}")
-        if spec.get("pooling") not in (None, "cls", "mean", "pooler"):
-            raise ValueError(f"{where}.{name}.pooling: expected cls, mean or pooler, got {spec['pooling']!r}")
+        if spec.get("pooling") not in (None, *POOLINGS):
+            raise ValueError(f"{where}.{name}.pooling: expected one of {', '.join(POOLINGS)}, got {spec['pooling']!r}")
         overrides = spec.pop("set", None) or {}
         if not isinstance(overrides, dict) or not all(isinstance(k, str) and not k.startswith("-") for k in overrides):
             raise ValueError(f"{where}.{name}.set: expected a mapping of config keys to values, got {overrides!r}")

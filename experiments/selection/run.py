@@ -62,7 +62,8 @@ def target_data(resolved: dict[str, Any]) -> dict[str, Any]:
     data = json.loads(json.dumps(resolved["data"]))
     init_args = data.setdefault("init_args", {})
     if init_args.get("preprocessing") is None:
-        init_args["preprocessing"] = preprocessing_of(resolved["model"]["init_args"]["backbone"])
+        model = resolved["model"]["init_args"]
+        init_args["preprocessing"] = preprocessing_of(model["backbone"], model.get("backbone_kwargs"))
     return data
 
 

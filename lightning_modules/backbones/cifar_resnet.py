@@ -12,14 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from lightning_modules.backbones import (
-    Backbone,
-    PretrainedWeightsUnavailable,
-    load_weights,
-    offline,
-    register_backbone,
-    weights_dir,
-)
+from lightning_modules.backbones.base import Backbone
+from lightning_modules.backbones.registry import register_backbone
+from lightning_modules.backbones.weights import PretrainedWeightsUnavailable, load_weights, offline, weights_dir
 
 # The checkpoints were trained with ImageNet statistics, not CIFAR's (shared/README.md).
 CIFAR_RESNET_PREPROCESSING = Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD, "bilinear")

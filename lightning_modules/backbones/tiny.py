@@ -5,7 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from datamodules.transforms import Preprocessing
-from lightning_modules.backbones import Backbone, PretrainedWeightsUnavailable, register_backbone
+from lightning_modules.backbones.base import Backbone
+from lightning_modules.backbones.registry import register_backbone
+from lightning_modules.backbones.transformers_encoders import TransformersBackbone, minilm_tokenizer
+from lightning_modules.backbones.weights import PretrainedWeightsUnavailable
 
 TINY_PREPROCESSING = Preprocessing(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
 
@@ -59,3 +62,16 @@ def _random_only(name: str, cls: type[Backbone]):
 
 register_backbone("tiny_cnn", TINY_PREPROCESSING)(_random_only("tiny_cnn", TinyCNN))
 register_backbone("tiny_mlp", TINY_PREPROCESSING)(_random_only("tiny_mlp", TinyMLP))
+
+
+@register_backbone("tiny_bert", Preprocessing(tokenizer=minilm_tokenizer()))
+def tiny_bert(pretrained: bool) -> Backbone:
+    """Two layers, width 32, MiniLM's vocabulary (so its local tokenizer fits): for tests."""
+    from transformers import BertConfig, BertModel
+
+    if pretrained:
+        raise PretrainedWeightsUnavailable("tiny_bert", "it is a tiny test backbone that has none")
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    return TransformersBackbone(BertModel(config), Preprocessing(tokenizer=minilm_tokenizer()), "cls")

@@ -40,10 +40,12 @@ def exported(out: str = "export", *extra: str) -> Predictor:
     return Predictor.load(out)
 
 
-def assert_predicts_like_the_trained_model(predictor: Predictor, atol: float, size=(16, 16)) -> torch.Tensor:
+def assert_predicts_like_the_trained_model(
+    predictor: Predictor, atol: float, size=(16, 16), own_strategy: str | None = None
+) -> torch.Tensor:
     """The export's logits on random images equal those of the checkpoint's own model on the same prepared batch
     (16 x 16, the tiny runs' size); returns the images."""
-    model, _ = load_trained_model("checkpoints/last.ckpt")
+    model, _ = load_trained_model("checkpoints/last.ckpt", own_strategy=own_strategy)
     images = (torch.rand(6, 3, *size) * 255).to(torch.uint8)
     preparer = predictor.preparer()
     batch = preparer.batch([preparer.one(image) for image in images])
@@ -86,6 +88,15 @@ def test_the_predictor_equals_the_trained_model_on_the_same_inputs_and_reads_pil
     pil = Image.fromarray(images[1].permute(1, 2, 0).numpy())
     logits = predictor.logits(["image.png", pil])
     assert torch.allclose(logits, predictor.logits(list(images[:2])), atol=1e-6)
+
+
+def test_a_timm_model_built_with_backbone_kwargs_exports_and_is_rebuilt_with_them(in_tmp):
+    vit = {"img_size": 16, "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2}  # the data follows img_size
+    fit(*TINY_RUN, "--model.backbone", "timm:vit_tiny_patch16_224", "--model.backbone_kwargs", json.dumps(vit))
+    predictor = exported()
+    config = json.loads((in_tmp / "export" / CONFIG).read_text())
+    assert config["backbone"]["kwargs"] == vit
+    assert_predicts_like_the_trained_model(predictor, atol=1e-5)
 
 
 def test_a_lora_model_exports_merged_with_the_outputs_of_the_adapter_run(in_tmp):
@@ -316,3 +327,31 @@ def test_predict_reads_texts_by_column_and_lists_malformed_rows(in_tmp, capsys):
     with pytest.raises(SystemExit):
         predict(["--model", "export", "--inputs", "pairs.tsv"])  # the model's own columns are not in this file
     assert "has no column 'sentence1'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_the_users_own_strategy_exports_and_predicts_when_they_name_it(in_tmp, monkeypatch, capsys):
+    (in_tmp / "my_strategies.py").write_text(
+        "from lightning_modules import FineTuning\nclass MyFineTuning(FineTuning):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(in_tmp))
+    fit(*TINY_RUN, "--model", "my_strategies.MyFineTuning")
+    monkeypatch.delitem(sys.modules, "my_strategies")  # a new process: nothing imported it
+    with pytest.raises(SystemExit):
+        export(["--ckpt_path", "checkpoints/last.ckpt", "--out", "export"])
+    refused = capsys.readouterr().err
+    assert "own: --strategy my_strategies.MyFineTuning" in refused and "my_strategies" not in sys.modules
+    with pytest.raises(SystemExit):
+        export(["--ckpt_path", "checkpoints/last.ckpt", "--out", "export", "--strategy", "my_strategies.Other"])
+    assert "--strategy my_strategies.Other: checkpoint" in capsys.readouterr().err
+    predictor = exported("export", "--strategy", "my_strategies.MyFineTuning")
+    assert json.loads((in_tmp / "export" / CONFIG).read_text())["strategy"] == "MyFineTuning"
+    assert_predicts_like_the_trained_model(predictor, atol=1e-6, own_strategy="my_strategies.MyFineTuning")
+    images = in_tmp / "images"
+    images.mkdir()
+    write_png((torch.rand(3, 16, 16) * 255).to(torch.uint8), str(images / "a.png"))
+    args = ["--model", "checkpoints/last.ckpt", "--inputs", str(images), "--out", "out.csv"]
+    assert predict([*args, "--strategy", "my_strategies.MyFineTuning"]) == 0
+    assert (
+        next(csv.DictReader(Path("out.csv").read_text().splitlines()))["prediction"]
+        == predictor.predict([images / "a.png"])[0].label
+    )

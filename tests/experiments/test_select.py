@@ -42,7 +42,7 @@ def run_select(args, tmp_path):
         ({"a": {"backbone": "tiny_cnn", "cutt": "block1"}}, "unknown keys ['cutt']"),
         ({"a": {"weights": "x.pt"}}, "expected a backbone name or a mapping with `backbone`"),
         ({"a": {"backbone": "minilm_l6", "layers": 0}}, "a.layers: expected a positive number"),
-        ({"a": {"backbone": "minilm_l6", "pooling": "max"}}, "a.pooling: expected cls, mean or pooler"),
+        ({"a": {"backbone": "minilm_l6", "pooling": "max"}}, "a.pooling: expected one of cls, mean, pooler"),
         ({"a": {"backbone": "tiny_cnn", "set": ["x"]}}, "a.set: expected a mapping"),
         ("tiny_cnn", "expected a list of backbone names or a mapping"),
     ],

@@ -14,7 +14,8 @@ from torch import nn
 from datamodules import MultiTaskDataModule, SyntheticDataModule
 from lightning_modules import Contrastive, Distillation, FeatureExtraction, FineTuning, MultiTask
 from lightning_modules.adapters import BitFit, merge_adapter, save_peft_adapter
-from lightning_modules.backbones import TimmBackbone, backbone_preprocessing, create_backbone
+from lightning_modules.backbones import backbone_preprocessing, create_backbone
+from lightning_modules.backbones.timm_models import TimmBackbone
 from lightning_modules.base import load_backbone_ckpt
 from lightning_modules.frozen_base import FROZEN_BASE
 

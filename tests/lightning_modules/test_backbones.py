@@ -11,9 +11,9 @@ from lightning_modules.backbones import (
     create_backbone,
     read_state_dict,
     registered_backbones,
-    rename_efficientnet_pytorch,
 )
-from lightning_modules.cifar_resnet import CifarResNet
+from lightning_modules.backbones.cifar_resnet import CifarResNet
+from lightning_modules.backbones.efficientnet_lite import rename_efficientnet_pytorch
 
 RANDOM_BACKBONES = [
     "tiny_cnn",

@@ -15,7 +15,7 @@ from datamodules import CIFAR10DataModule, GLUEDataModule, SyntheticDataModule
 from datamodules.transforms import image_transform
 from lightning_modules import Distillation, FineTuning, TransferModule
 from lightning_modules.backbones import backbone_preprocessing
-from lightning_modules.cifar_resnet import CifarResNet
+from lightning_modules.backbones.cifar_resnet import CifarResNet
 from lightning_modules.losses import kd_loss
 from lightning_modules.teachers import Teacher
 

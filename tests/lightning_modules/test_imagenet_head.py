@@ -14,7 +14,7 @@ from datamodules.imagenet_classes import IMAGENETTE
 from experiments.cli import CONFIGS, cli_main
 from lightning_modules import FeatureExtraction, FineTuning, ZeroShot
 from lightning_modules.backbones import register_backbone, registered_backbones
-from lightning_modules.tiny_backbones import TINY_PREPROCESSING, TinyCNN
+from lightning_modules.backbones.tiny import TINY_PREPROCESSING, TinyCNN
 
 HEADED = "test_imagenet_cnn"
 

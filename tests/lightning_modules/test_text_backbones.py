@@ -4,7 +4,7 @@ from transformers import AutoTokenizer
 
 from lightning_modules import FineTuning
 from lightning_modules.backbones import backbone_preprocessing, create_backbone
-from lightning_modules.text_backbones import minilm_l6_path
+from lightning_modules.backbones.transformers_encoders import minilm_l6_path
 
 
 @pytest.fixture(scope="module")
