@@ -21,12 +21,7 @@ from datamodules.batch_augment import BatchAugment
 from datamodules.corruptions import MIN_SIDE, SEVERITIES, cached_corruption, corruption_names
 from datamodules.datasets import ImageDataset, TensorImageDataset
 from datamodules.feature_inputs import FeatureInputs
-from datamodules.samplers import (
-    EpochSeededRandomSampler,
-    ResumableDataLoader,
-    loader_generator,
-    progress_of,
-)
+from datamodules.samplers import EpochSeededRandomSampler, make_loader
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
 from datamodules.transforms import MultiView, Preprocessing, image_transform, normalize, resize_crop, simclr_transform
 
@@ -254,19 +249,11 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
     def _loader(
         self, dataset: Dataset, shuffle: bool, persistent: bool = True, drop_last: bool = False, collate_fn: Any = None
     ) -> DataLoader:
-        options: dict[str, Any] = {
-            "collate_fn": collate_fn,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "persistent_workers": persistent and self.num_workers > 0,
-            "drop_last": drop_last,
-            # Worker base seeds come from here, not from the global generator (dropout's stream on resume).
-            "generator": loader_generator(self.seed),
-        }
-        if not shuffle:
-            return DataLoader(dataset, **options)
-        sampler = EpochSeededRandomSampler(dataset)
-        return ResumableDataLoader(dataset, sampler=sampler, progress=progress_of(self), **options)
+        sampler = EpochSeededRandomSampler(dataset) if shuffle else None
+        return make_loader(
+            self, dataset, batch_size=self.batch_size, seed=self.seed, train_sampler=sampler, collate_fn=collate_fn,
+            num_workers=self.num_workers, persistent=persistent, drop_last=drop_last,
+        )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         if self.input_encoder is not None:

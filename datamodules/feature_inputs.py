@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.datasets import FeatureDataset, collate_batched
-from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, loader_generator, progress_of
+from datamodules.samplers import EpochSeededRandomSampler, make_loader
 
 # (feature set name, unshuffled un-augmented loader over its rows) -> features [rows, D] in loader order
 InputEncoder = Callable[[str, DataLoader], torch.Tensor]
@@ -61,13 +61,8 @@ class FeatureInputs:
             self._features[name] = features.detach().cpu()
         dataset = FeatureDataset(self._features[name], labels)
         # In memory already: worker processes would only add start-up time.
-        if not shuffle:
-            return DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_batched)
-        return ResumableDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(dataset),
+        sampler = EpochSeededRandomSampler(dataset) if shuffle else None
+        return make_loader(
+            self, dataset, batch_size=self.batch_size, seed=getattr(self, "seed", 0), train_sampler=sampler,
             collate_fn=collate_batched,
-            progress=progress_of(self),
-            generator=loader_generator(getattr(self, "seed", 0)),
-        )
+        )  # fmt: skip

@@ -27,8 +27,7 @@ from datamodules.samplers import (
     ResumableDataLoader,
     SampleIndex,
     TrainingProgress,
-    loader_generator,
-    progress_of,
+    make_loader,
     sample_seed,
 )
 from datamodules.transforms import Preprocessing
@@ -386,14 +385,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         )
         dataset = TaskBatches(names, [d.dataset for d in loaders.values()], [d.collate_fn for d in loaders.values()])
         # batch_size=None: each element of the schedule is already one whole batch.
-        return ResumableDataLoader(
-            dataset,
-            sampler=schedule,
-            batch_size=None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=loader_generator(schedule.seed),
-            progress=progress_of(self),
+        return make_loader(
+            self, dataset, batch_size=None, seed=schedule.seed, train_sampler=schedule, num_workers=self.num_workers
         )
 
     def _eval_loaders(self, kind: str) -> list[DataLoader]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 _MASK64 = (1 << 64) - 1
 
@@ -168,6 +168,34 @@ def progress_of(owner: Any) -> TrainingProgress:
         return trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
 
     return progress
+
+
+def make_loader(
+    owner: Any,
+    dataset: Dataset,
+    *,
+    batch_size: int | None,
+    seed: int,
+    train_sampler: Sampler | None = None,
+    collate_fn: Any = None,
+    num_workers: int = 0,
+    persistent: bool = True,
+    drop_last: bool = False,
+) -> DataLoader:
+    """How every loader of `owner` (a datamodule) is built: its workers' seeds come from `seed` (`loader_generator`),
+    never from the global generator; a training loader (the one given `train_sampler`) is a `ResumableDataLoader`
+    whose place in the epoch goes into the checkpoints; an evaluation loader keeps the dataset's order."""
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "collate_fn": collate_fn,
+        "num_workers": num_workers,
+        "persistent_workers": persistent and num_workers > 0,
+        "drop_last": drop_last,
+        "generator": loader_generator(seed),
+    }
+    if train_sampler is None:
+        return DataLoader(dataset, **options)
+    return ResumableDataLoader(dataset, sampler=train_sampler, progress=progress_of(owner), **options)
 
 
 def loader_generator(seed: int) -> torch.Generator:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from datamodules.cache import cache_root
 from datamodules.collate import LengthGroupedSampler, PadCollator
 from datamodules.feature_inputs import FeatureInputs
-from datamodules.samplers import EpochSeededRandomSampler, ResumableDataLoader, loader_generator, progress_of
+from datamodules.samplers import EpochSeededRandomSampler, make_loader
 from datamodules.text_files import TextFile, TextRows, read_text_file
 from datamodules.tokenization import TokenizedDataset, cache_key, load_tokenizer, tokenize_cached, tokenizer_identity
 from datamodules.transforms import Preprocessing
@@ -384,18 +384,10 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
         return LengthGroupedSampler(dataset.lengths, self.batch_size, num_replicas=replicas, rank=rank)
 
     def _loader(self, dataset: TokenizedDataset, train: bool = False) -> DataLoader:
-        options: dict[str, Any] = {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "collate_fn": self._collator(),
-            "persistent_workers": self.num_workers > 0,
-            "generator": loader_generator(self.seed),  # not the global generator (dropout's, restored on resume)
-        }
-        if not train:
-            return DataLoader(dataset, **options)
-        # Its place in the epoch goes into checkpoints: a resumed run continues the epoch where it stopped.
-        sampler = self._train_sampler(dataset)
-        return ResumableDataLoader(dataset, sampler=sampler, progress=progress_of(self), **options)
+        return make_loader(
+            self, dataset, batch_size=self.batch_size, seed=self.seed, num_workers=self.num_workers,
+            collate_fn=self._collator(), train_sampler=self._train_sampler(dataset) if train else None,
+        )  # fmt: skip
 
     def _loaders(self, split: str) -> DataLoader | list[DataLoader]:
         return _one_or_list([self._loader(dataset) for dataset in self.split_datasets(split)])

@@ -51,7 +51,7 @@ def test_resume_lists_each_differing_model_setting_and_uses_the_checkpoints(in_t
     assert "  model.init_args.label_smoothing: config 0.0, checkpoint 0.1" in err
     assert "  model.init_args.lr_decay: config 0.5, checkpoint 1.0" in err
     assert "backbone:" not in err and "num_classes" not in err  # equal or linked from the data: not listed
-    assert resumed.model.label_smoothing == 0.1 and resumed.model.hparams.lr_decay == 1.0
+    assert resumed.model.task.label_smoothing == 0.1 and resumed.model.hparams.lr_decay == 1.0
     assert resumed.trainer.global_step == 2 * steps  # it resumed, not restarted
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -68,16 +67,15 @@ def test_bad_config_exits_2_naming_what_is_wrong_and_creates_nothing(case, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["malformed", "python-tag", "missing-data-root"])  # one per stage: YAML, parse, setup
-def test_bad_config_process_exits_2_within_seconds(case, tmp_path):
+def test_bad_config_process_exits_2_with_the_message_alone_and_creates_nothing(case, tmp_path):
+    """As a process: exit status 2, the message without a traceback, nothing written (no timing: a loaded machine
+    would make a wall-clock bound fail for the wrong reason; the subprocess timeout only guards a hang)."""
     path, named = write_case(tmp_path, case)
     env = {**os.environ, "WANDB_MODE": "offline"}
-    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "experiments.cli", *TINY, "-c", path], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    seconds = time.perf_counter() - started
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 2 and named in done.stderr
     assert "Traceback" not in done.stderr
-    assert seconds < 30, f"took {seconds:.1f} s (imports alone take about 5 s)"
     assert nothing_created(tmp_path)
 
 
