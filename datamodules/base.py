@@ -21,6 +21,7 @@ from datamodules.batch_augment import BatchAugment
 from datamodules.corruptions import MIN_SIDE, SEVERITIES, cached_corruption, corruption_names
 from datamodules.datasets import ImageDataset, TensorImageDataset
 from datamodules.feature_inputs import FeatureInputs
+from datamodules.metric_defaults import default_metrics
 from datamodules.samplers import EpochSeededRandomSampler, make_loader
 from datamodules.splits import cap_per_class, stratified_split, validate_labels
 from datamodules.transforms import MultiView, Preprocessing, image_transform, normalize, resize_crop, simclr_transform
@@ -181,7 +182,7 @@ class TransferDataModule(FeatureInputs, L.LightningDataModule):
     @property
     def metrics(self) -> list[str]:
         """Official metrics of this data (the model logs them and their mean as `score`)."""
-        return ["acc"]
+        return default_metrics(regression=False)
 
     @property
     def val_names(self) -> list[str]:

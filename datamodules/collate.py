@@ -9,10 +9,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
 from datamodules.samplers import Resumable
+
+
+def longest_first_batches(rows: np.ndarray, row_lengths: np.ndarray, width: int) -> list[np.ndarray]:
+    """`rows` sorted by `row_lengths` (their lengths, one per row), longest first, equal lengths in their given
+    order, and cut into batches of `width` rows (the last one may be short): the length grouping of one chunk,
+    shared by `LengthGroupedSampler` and the multi-task `TaskSchedule`; each draws its own batch order."""
+    ordered = rows[np.argsort(-row_lengths, kind="stable")]
+    return np.split(ordered, range(width, len(ordered), width))
 
 
 class PadCollator:
@@ -102,18 +111,17 @@ class LengthGroupedSampler(Resumable, DistributedSampler):
         if len(self.lengths) == 0:
             return
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator)
+        order = torch.randperm(len(self.lengths), generator=generator).numpy()
         if self.total_size > len(order):  # pad like DistributedSampler: every rank gets as many rows
-            repeats = -(-self.total_size // len(order))
-            order = order.repeat(repeats)[: self.total_size]
+            order = np.resize(order, self.total_size)
         group = self.batch_size * self.num_replicas
         chunk = group * self.chunk_batches
-        batches: list[torch.Tensor] = []
+        lengths = self.lengths.numpy()
+        batches: list[np.ndarray] = []
         for start in range(0, len(order), chunk):
             rows = order[start : start + chunk]
-            rows = rows[torch.argsort(self.lengths[rows], descending=True, stable=True)]
-            batches.extend(rows.split(group))
+            batches.extend(longest_first_batches(rows, lengths[rows], group))
         full, short = (batches[:-1], batches[-1:]) if len(batches[-1]) < group else (batches, [])
         shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-        stream = torch.cat(shuffled + short)
+        stream = np.concatenate(shuffled + short)
         yield from stream[self.rank :: self.num_replicas].tolist()[self._skip() :]

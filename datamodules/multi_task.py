@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from datamodules.collate import LengthGroupedSampler
+from datamodules.collate import LengthGroupedSampler, longest_first_batches
 from datamodules.composition import DataModuleFactory, build_member, loaders_of, with_collate
 from datamodules.samplers import (
     Resumable,
@@ -167,7 +167,7 @@ class TaskSchedule(Resumable, DistributedSampler):
             taken, buffer = buffer[:chunk_size], buffer[chunk_size:]
             batches = taken.reshape(-1, width, 2)
             if lengths is not None:  # longest first, then the chunk's batches in random order
-                batches = taken[np.argsort(-lengths[taken[:, 0]], kind="stable")].reshape(-1, width, 2)
+                batches = np.stack(longest_first_batches(taken, lengths[taken[:, 0]], width))
                 batches = batches[
                     np.random.default_rng([self.seed, self.epoch, task, chunk, _GROUPS]).permutation(len(batches))
                 ]

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.composition import DataModuleFactory, build_member, loaders_of, with_collate
+from datamodules.metric_defaults import default_metrics
 from datamodules.transforms import Preprocessing
 
 
@@ -70,7 +71,7 @@ class RelabeledDataModule(L.LightningDataModule):
             table[[where[c] for c in members]] = label
         self.groups = {name: list(members) for name, members in groups.items()}
         self.table = table
-        self._metrics = list(metrics) if metrics is not None else ["acc"]
+        self._metrics = list(metrics) if metrics is not None else default_metrics(regression=False)
 
     def __repr__(self) -> str:  # Lightning's default would build every loader
         return f"{type(self).__name__}(groups={list(self.groups)}, source={self.source!r})"

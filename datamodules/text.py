@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from datamodules.cache import cache_root
 from datamodules.collate import LengthGroupedSampler, PadCollator
 from datamodules.feature_inputs import FeatureInputs
+from datamodules.metric_defaults import default_metrics
 from datamodules.samplers import EpochSeededRandomSampler, make_loader
 from datamodules.text_files import TextFile, TextRows, read_text_file
 from datamodules.tokenization import TokenizedDataset, cache_key, load_tokenizer, tokenize_cached, tokenizer_identity
@@ -223,7 +224,7 @@ class TextDataModule(FeatureInputs, L.LightningDataModule):
     def metrics(self) -> list[str]:
         if self._metrics is not None:
             return list(self._metrics)
-        return ["pearson", "spearman"] if self.regression else ["acc"]
+        return default_metrics(self.regression)
 
     @property
     def val_names(self) -> list[str]:

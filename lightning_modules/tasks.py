@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.metric_defaults import default_metrics
 from lightning_modules.losses import kd_loss, kd_regression_loss
 from lightning_modules.metrics import TaskMetrics
 
@@ -38,7 +39,7 @@ class Task:
 
     @property
     def official_metrics(self) -> list[str]:
-        return list(self.metrics or (["pearson", "spearman"] if self.regression else ["acc"]))
+        return list(self.metrics or default_metrics(self.regression))
 
     def new_metrics(self) -> TaskMetrics:
         """The metrics of one evaluation set: the official ones, and top-5 accuracy beside accuracy when there are
