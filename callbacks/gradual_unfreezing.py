@@ -24,6 +24,8 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
+from datamodules.samplers import world_and_rank
+
 
 class GradualUnfreezing(Callback):
     """Unfreeze the backbone's layer groups one at a time, from the top.
@@ -131,7 +133,7 @@ class GradualUnfreezing(Callback):
     # ---------------------------------------------------------------------------------- helpers
 
     def _all_reduce_outside_ddp(self, trainer: Trainer) -> None:
-        if trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
+        if world_and_rank()[0] == 1:
             return
         grads = [p.grad for p in self._outside_ddp if p.requires_grad and p.grad is not None]
         if not grads:

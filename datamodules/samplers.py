@@ -49,7 +49,8 @@ class SampleIndex(int):
         return SampleIndex, (int(self), self.seed)
 
 
-def _world() -> tuple[int, int]:
+def world_and_rank() -> tuple[int, int]:
+    """The size of the initialised process group and this process's rank in it; (1, 0) without one."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
@@ -91,7 +92,7 @@ class EpochSeededRandomSampler(Resumable, DistributedSampler):
         rank: int | None = None,
         shuffle: bool = True,
     ):
-        world, own_rank = _world()
+        world, own_rank = world_and_rank()
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
         super().__init__(
             data_source,

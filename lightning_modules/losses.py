@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from datamodules.samplers import world_and_rank
+
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
@@ -54,10 +56,6 @@ def kd_regression_loss(student_predictions: Tensor, teacher_predictions: Tensor)
 # --------------------------------------------------------------------------------- contrastive losses
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def _gather(x: Tensor) -> tuple[Tensor, int]:
     """`x` from every rank, concatenated in rank order, and the row where this rank's part starts.
 
@@ -66,9 +64,7 @@ def _gather(x: Tensor) -> tuple[Tensor, int]:
     averages over the W ranks, so a step equals one process's step on the concatenated batch of the mean
     loss. Ranks must hold equally many rows (DistributedSampler pads to that). One process: `x` itself.
     """
-    if not _distributed():
-        return x, 0
-    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    world, rank = world_and_rank()
     if world == 1:
         return x, 0
     if x.requires_grad:
@@ -125,7 +121,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
         temperature: T > 0.
     """
     _check(temperature, z1.shape, z2.shape)
-    rank = torch.distributed.get_rank() if _distributed() else 0
+    _, rank = world_and_rank()
     ids = torch.arange(len(z1), device=z1.device) + rank * len(z1)  # one class per image, unique across ranks
     return _positives_loss(torch.cat([z1, z2]), torch.cat([ids, ids]), temperature)
 

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from datamodules.samplers import world_and_rank
+
 
 def uncertainty_loss(loss: Tensor, log_variance: Tensor, regression: bool) -> Tensor:
     """Kendall, Gal & Cipolla 2018 ("Multi-Task Learning Using Uncertainty to Weigh Losses"), with the
@@ -123,11 +125,12 @@ class Uncertainty(LossWeighting):
 def mean_over_ranks(values: Tensor) -> Tensor:
     """`values` averaged over the ranks of an initialised process group (every rank must call it); as is
     without one."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    world, _ = world_and_rank()
+    if world == 1:
         return values
     values = values.clone()
     torch.distributed.all_reduce(values)
-    return values / torch.distributed.get_world_size()
+    return values / world
 
 
 class DWA(LossWeighting):
