@@ -2,7 +2,6 @@
 
 from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
 from callbacks.exact_resume import ExactResume
-from callbacks.fit_seconds import FitSeconds
 from callbacks.gradual_unfreezing import GradualUnfreezing
 from callbacks.interruptions import CheckpointOnSigterm
 from callbacks.model_checkpoint import ModelCheckpoint
@@ -16,7 +15,6 @@ __all__ = [
     "CheckpointOnSigterm",
     "EMAWeightAveraging",
     "ExactResume",
-    "FitSeconds",
     "GradualUnfreezing",
     "ModelCheckpoint",
     "PredictionWriter",

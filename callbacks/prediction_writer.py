@@ -11,11 +11,13 @@ batch in progress and keeps the rows done (`on_exception`).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -24,32 +26,35 @@ from torch import Tensor
 from datamodules.cache import write_atomically
 
 
-class PredictionWriter(Callback):
-    """Collect `predict_step` outputs with their `index` and write `<output_dir>/<name>.tsv` files.
+class PredictionWriter(BasePredictionWriter):
+    """Collect `predict_step` outputs with their `index` (Lightning's prediction writer, each batch) and write
+    `<output_dir>/<name>.tsv` files at the end.
 
     Args:
         output_dir: Folder of the prediction files; None: `predictions/` in the trainer's log directory.
     """
 
     def __init__(self, output_dir: str | None = None):
+        super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self._rows: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rows = {}
 
-    def on_predict_batch_end(
+    def write_on_batch_end(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
         batch: Any,
         batch_idx: int,
-        dataloader_idx: int = 0,
+        dataloader_idx: int,
     ) -> None:
         if not isinstance(batch, dict) or "index" not in batch:
             raise ValueError("PredictionWriter needs batches with an `index` entry (every datamodule here has one)")
-        self._rows.setdefault(dataloader_idx, []).append((batch["index"].detach(), outputs.detach()))
+        self._rows.setdefault(dataloader_idx, []).append((batch["index"].detach(), prediction.detach()))
         if trainer.received_sigterm:  # Lightning's predict loop, unlike its others, does not stop on SIGTERM
             raise SIGTERMException
 

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 import datamodules
 import lightning_modules
-from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume, FitSeconds, Speed
+from callbacks import AtomicCheckpointIO, CheckpointOnSigterm, ExactResume, Speed
 from callbacks.model_checkpoint import ModelCheckpoint as LastAlwaysModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_metadata import RunMetadata
@@ -209,9 +209,11 @@ class TransferCLI(LightningCLI):
         keys = self._parser(self.subcommand).callback_keys
         extra = [cb for cb in (self._get(self.config_init, k) for k in keys) if cb is not None]
         # What makes an interrupted run resumable is always on, whatever list of callbacks a config sets.
-        self._fit_seconds = FitSeconds()
-        extra += [CheckpointOnSigterm(), ExactResume(), self._fit_seconds]
+        extra += [CheckpointOnSigterm(), ExactResume()]
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        given = trainer.get("callbacks") or []
+        if not any(isinstance(cb, Timer) for cb in [*extra, *(given if isinstance(given, list) else [given])]):
+            extra.append(Timer(verbose=False))  # `fit_seconds`; it keeps the time so far in every checkpoint
         loggers = trainer.get("logger")
         loggers = loggers if isinstance(loggers, list) else [loggers]
         extra += [WandbRunId(logger) for logger in loggers if isinstance(logger, WandbLogger)]
@@ -265,7 +267,6 @@ class TransferCLI(LightningCLI):
              "from the data, leave model.num_classes out")  # fmt: skip
 
     def before_fit(self) -> None:
-        self._fit_seconds.start()
         for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, RunMetadata):
                 callback.command = shlex.join(self._command)
@@ -305,7 +306,8 @@ class TransferCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", default=False):
             return
-        fit_seconds = self._fit_seconds.seconds  # all the parts of an interrupted and resumed run
+        timer = next(cb for cb in self.trainer.callbacks if isinstance(cb, Timer))  # type: ignore[attr-defined]
+        fit_seconds = timer.time_elapsed("train")  # all the parts of an interrupted and resumed run
         checkpoint = self.trainer.checkpoint_callback
         best, score = None, None
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:

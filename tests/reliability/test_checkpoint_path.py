@@ -88,8 +88,8 @@ def test_a_resumed_run_reports_the_fit_seconds_of_all_its_parts(in_tmp):
     cli_main([*TINY, *folder])
     last = in_tmp / "ckpts" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
-    assert checkpoint["callbacks"]["FitSeconds"]["seconds"] > 0  # the first part's
-    checkpoint["callbacks"]["FitSeconds"]["seconds"] = 1000.0  # as if the first part had taken 1,000 s
+    assert checkpoint["callbacks"]["Timer"]["time_elapsed"]["train"] > 0  # the first part's
+    checkpoint["callbacks"]["Timer"]["time_elapsed"]["train"] = 1000.0  # as if the first part had taken 1,000 s
     torch.save(checkpoint, last)
     started = time.perf_counter()
     resumed = cli_main(
@@ -98,3 +98,16 @@ def test_a_resumed_run_reports_the_fit_seconds_of_all_its_parts(in_tmp):
     second_part = time.perf_counter() - started
     results = json.loads((Path(resumed.trainer.log_dir) / "results.json").read_text())
     assert 1000.0 < results["fit_seconds"] < 1000.0 + second_part
+
+
+def test_a_timer_of_the_config_measures_fit_seconds_without_a_second_one(in_tmp):
+    """`fit_seconds` comes from Lightning's `Timer`; one the config sets (say, to bound the run) is used, not
+    doubled (Lightning refuses two stateful callbacks of one type in a checkpoint)."""
+    timer = ["--trainer.callbacks+=Timer", "--trainer.callbacks.duration", "00:01:00:00"]
+    timer += ["--trainer.callbacks.interval", "step"]  # its default, an enum, does not go into a YAML config
+    run = cli_main([*TINY, *timer, "--checkpoint.dirpath", str(in_tmp / "ckpts"), "--test_after_fit", "true"])
+    timers = [cb for cb in run.trainer.callbacks if type(cb).__name__ == "Timer"]
+    assert len(timers) == 1 and timers[0].time_remaining() < 3600
+    results = json.loads((Path(run.trainer.log_dir) / "results.json").read_text())
+    saved = torch.load(in_tmp / "ckpts" / "last.ckpt", weights_only=True)["callbacks"]["Timer"]["time_elapsed"]
+    assert 0 < saved["train"] <= results["fit_seconds"]  # the checkpoint holds the training time up to it
