@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 class Refusing(http.server.BaseHTTPRequestHandler):
     def _answer(self):
+        self.server.requests += 1  # type: ignore[attr-defined]
         body = b'{"errors": [{"message": "user is not logged in"}]}'
         self.send_response(401)
         self.send_header("Content-Type", "application/json")
@@ -22,12 +23,20 @@ class Refusing(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class RefusingServer(http.server.ThreadingHTTPServer):
+    requests = 0  # answered so far
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
 @contextlib.contextmanager
-def refusing_server() -> Iterator[str]:
-    """Its URL (for WANDB_BASE_URL) while it runs."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+def refusing_server() -> Iterator[RefusingServer]:
+    """The server (its `url` for WANDB_BASE_URL, its `requests` count) while it runs."""
+    server = RefusingServer(("127.0.0.1", 0), Refusing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
         server.shutdown()

@@ -27,8 +27,8 @@ RUNS = {
 
 @pytest.fixture
 def refusing_server_url():
-    with refusing_server() as url:
-        yield url
+    with refusing_server() as server:
+        yield server.url
 
 
 def leaks(data: bytes) -> list[bytes]:

@@ -1,12 +1,11 @@
 """Item 7: offline W&B makes no network connection; an online run whose server cannot be reached goes
-offline within a bounded time (documented in experiments.tracking.WandbLogger) and the training completes."""
+offline after one probe (documented in experiments.tracking.WandbLogger) and the training completes."""
 
 import os
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from refusing_wandb import refusing_server
@@ -56,11 +55,9 @@ def closed_port() -> int:
         return server.getsockname()[1]
 
 
-def run(tmp_path, env: dict[str, str | None], *extra: str) -> tuple[subprocess.CompletedProcess, float]:
+def run(tmp_path, env: dict[str, str | None], *extra: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
-    started = time.perf_counter()
-    done = subprocess.run([*TINY, *extra], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
-    return done, time.perf_counter() - started
+    return subprocess.run([*TINY, *extra], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
 
 
 def offline_run_files(tmp_path) -> list:
@@ -74,7 +71,7 @@ def offline_run_files(tmp_path) -> list:
     ids=["WANDB_MODE=offline", "no-credentials"],
 )
 def test_offline_makes_no_connection(env, listener, tmp_path):
-    done, _ = run(tmp_path, {**env, "WANDB_BASE_URL": f"http://127.0.0.1:{listener.port}", "HOME": str(tmp_path)})
+    done = run(tmp_path, {**env, "WANDB_BASE_URL": f"http://127.0.0.1:{listener.port}", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert offline_run_files(tmp_path), "no offline W&B run was written"
     assert listener.accepted == 0
@@ -84,23 +81,23 @@ def test_offline_makes_no_connection(env, listener, tmp_path):
 @pytest.mark.parametrize("server", ["closed-port", "never-answers"])
 def test_unreachable_server_goes_offline_within_the_connect_timeout(server, listener, tmp_path):
     url = f"http://127.0.0.1:{closed_port() if server == 'closed-port' else listener.port}"
-    done, seconds = run(tmp_path, {"WANDB_MODE": None, "WANDB_API_KEY": DUMMY_KEY, "WANDB_BASE_URL": url})
+    done = run(tmp_path, {"WANDB_MODE": None, "WANDB_API_KEY": DUMMY_KEY, "WANDB_BASE_URL": url})
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"W&B could not start online, the server is unreachable within 5 s ({url}" in done.stderr
     assert "wandb sync" in done.stderr and offline_run_files(tmp_path)
     assert listener.accepted == (1 if server == "never-answers" else 0)  # one probe, no W&B retry loop
-    assert seconds < 60, f"{seconds:.0f} s"  # imports and the tiny fit take about 10 s, the probe at most 5 s
 
 
 @pytest.mark.slow
 def test_a_failed_wandb_init_falls_back_to_offline(tmp_path):
-    with refusing_server() as url:
-        env = {"WANDB_MODE": None, "WANDB_API_KEY": DUMMY_KEY, "WANDB_BASE_URL": url}
-        done, seconds = run(tmp_path, env, "--trainer.logger.init_args.init_timeout", "5")
+    with refusing_server() as server:
+        env = {"WANDB_MODE": None, "WANDB_API_KEY": DUMMY_KEY, "WANDB_BASE_URL": server.url}
+        done = run(tmp_path, env, "--trainer.logger.init_args.init_timeout", "5")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "W&B could not start online, wandb.init failed" in done.stderr and "401" in done.stderr
     assert offline_run_files(tmp_path)
-    assert seconds < 90, f"{seconds:.0f} s"
+    # W&B's start-up asks 16 times (wandb 0.31) and takes the 401 as final; a retry loop would ask on and on.
+    assert 0 < server.requests < 50, server.requests
 
 
 def test_the_server_is_the_environments_or_the_one_wandb_login_saved(tmp_path, monkeypatch):
@@ -128,6 +125,6 @@ def test_a_run_started_under_another_processes_wandb_service_writes_into_its_own
     if "WANDB_SERVICE" not in os.environ:  # W&B sets it when it starts this process's service
         pytest.fail("this process's W&B service left no WANDB_SERVICE")  # fmt: skip
     (tmp_path / "child").mkdir()
-    done, _ = run(tmp_path / "child", {"WANDB_MODE": "offline"})
+    done = run(tmp_path / "child", {"WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert offline_run_files(tmp_path / "child"), "the run's W&B files went elsewhere"
