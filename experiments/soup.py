@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         check_compatible(states, [str(path) for path in options.checkpoints])
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    evaluator = Evaluator(config_arguments(options))
+    evaluator = Evaluator(config_arguments(options), done=options.out / "evaluations")
     rows: list[dict[str, Any]] = []
     for path, state in zip(options.checkpoints, states, strict=True):
         metrics = evaluator.evaluate(state)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         check_compatible([start, end], [str(options.start), str(options.end)])
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    evaluator = Evaluator(config_arguments(options))
+    evaluator = Evaluator(config_arguments(options), done=options.out / "evaluations")
     rows: list[dict[str, Any]] = []
     for alpha in sorted(set(options.alphas)):
         metrics = evaluator.evaluate(interpolate(start, end, alpha))

@@ -109,3 +109,24 @@ def test_checkpoints_of_other_architectures_and_missing_files_are_named(runs, tm
     with pytest.raises(SystemExit):
         wise_ft(["a/last.ckpt", "b/last.ckpt", *runs, "--alphas", "1.5", "--out", "bad"])
     assert "--alphas must lie in [0, 1], got [1.5]" in capsys.readouterr().err
+
+
+def test_a_soup_run_again_after_an_interruption_evaluates_only_what_it_had_not(runs, tmp_path, monkeypatch):
+    """Each evaluation is kept in `--out/evaluations` under the weights' and config's hash: run again, the command
+    reads them instead of testing every model again (minutes per model under the corruptions on a CPU)."""
+    from lightning import Trainer
+
+    evaluations = []
+    validate = Trainer.validate
+    monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: evaluations.append(1) or validate(self, *a, **k))
+    command = ["a/last.ckpt", "b/last.ckpt", *runs, "--out", "soup"]
+    assert soup(command) == 0
+    first, done = rows(tmp_path / "soup"), len(evaluations)
+    assert done >= 3 and len(list((tmp_path / "soup" / "evaluations").glob("*.json"))) == done
+    (tmp_path / "soup" / "results.json").unlink()  # as if stopped before the report
+    assert soup(command) == 0
+    assert len(evaluations) == done  # nothing evaluated again
+    assert rows(tmp_path / "soup") == first
+    other = ["--set", "data.init_args.num_test_samples=8"]  # another config: its own evaluations
+    assert soup([*command, *other]) == 0
+    assert len(evaluations) > done
