@@ -192,7 +192,9 @@ def run(rounds: int = 3, steps: int = 30, warmup: int = 10, small: bool = False)
             samples = measure(ways, rounds)
             per_step = 1e3 / (steps - warmup)
             speeds = {way: work.batch_size * (steps - warmup) / min(samples.seconds[way]) for way in ways}
-            note = "; ".join(f"{way}: {speeds[way]:.0f} samples/s (fastest round), peak {peaks[way]:.1f} GiB" for way in ways)
+            note = "; ".join(
+                f"{way}: {speeds[way]:.0f} samples/s (fastest round), peak {peaks[way]:.1f} GiB" for way in ways
+            )
             pairs = [("32-true", "16-mixed"), ("32-true", "bf16-mixed"), ("loop", "bf16-mixed")]
             for a, b in [*pairs, ("bf16-mixed unchecked", "bf16-mixed"), ("loop", "bf16-mixed unchecked")]:
                 comparison = Comparison(work.name, a, b, samples, unit_scale=per_step, unit="ms/step")
