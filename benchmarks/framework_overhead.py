@@ -22,15 +22,11 @@ from dataclasses import dataclass
 
 import torch
 from harness import Comparison, arguments, compare, report
-from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger
+from timing import StepTimer, cli_like_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import CheckpointOnSigterm, ExactResume
 from lightning_modules import FineTuning
-
-LOG_EVERY_N_STEPS = 5  # experiments/configs/defaults.yaml
 
 
 @dataclass(frozen=True)
@@ -88,37 +84,13 @@ def hand_written(work: Workload) -> tuple[float, float]:
     return time.perf_counter() - started, loss.item()
 
 
-class StepTimer(Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.started, self.ended, self.loss = warmup, 0.0, 0.0, float("nan")
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        if batch_idx == self.warmup:
-            self.started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        self.ended = time.perf_counter()
-        self.loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
-
-
 def framework(work: Workload) -> tuple[float, float]:
     """(seconds of the timed steps, last loss) of the same steps through FineTuning and a Trainer."""
     timer = StepTimer(work.warmup)
     with tempfile.TemporaryDirectory() as logs:
-        trainer = Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            logger=CSVLogger(logs),
-            log_every_n_steps=LOG_EVERY_N_STEPS,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[timer, CheckpointOnSigterm(), ExactResume()],  # always on in the CLI
-        )
+        trainer = cli_like_trainer(logs, [timer], accelerator="cpu")
         trainer.fit(model(work), train_dataloaders=batches(work))
-    return timer.ended - timer.started, timer.loss
+    return timer.seconds, timer.loss
 
 
 def run(rounds: int = 5) -> list[Comparison]:

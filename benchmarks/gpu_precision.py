@@ -21,23 +21,19 @@ import functools
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
 import torch
 from harness import Comparison, arguments, measure, report
-from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger
+from timing import StepTimer, cli_like_trainer
 from torch.utils.data import DataLoader
 from transformers import BertConfig, BertModel
 
 import lightning_modules.base
-from callbacks import CheckpointOnSigterm, ExactResume
 from lightning_modules import FineTuning
 
-LOG_EVERY_N_STEPS = 5  # experiments/configs/defaults.yaml
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 DEVICE = "cuda"  # --device
 
@@ -102,20 +98,6 @@ def model(backbone: str) -> FineTuning:
     )
 
 
-class StepTimer(Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.started, self.ended = warmup, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        if batch_idx == self.warmup:
-            synchronize()
-            self.started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        synchronize()
-        self.ended = time.perf_counter()
-
-
 @contextlib.contextmanager
 def peak_memory(peaks: dict[str, float], key: str) -> Iterator[None]:
     if DEVICE != "cuda":
@@ -133,26 +115,18 @@ def framework(
 ) -> float:
     """Seconds of the timed steps through FineTuning and a Trainer at `precision` (without the non-finite loss
     check when not `checked`)."""
-    timer = StepTimer(warmup)
+    timer = StepTimer(warmup, synchronize)
     key = precision if checked else f"{precision} unchecked"
     unchecked = mock.patch.object(lightning_modules.base, "check_finite_losses", lambda *args: None)
-    with tempfile.TemporaryDirectory() as logs, peak_memory(peaks, key), nullcontext() if checked else unchecked:
-        trainer = Trainer(
-            max_epochs=1,
-            accelerator="gpu" if DEVICE == "cuda" else "cpu",
-            devices=1,
-            precision=precision,  # type: ignore[arg-type]
-            logger=CSVLogger(logs),
-            log_every_n_steps=LOG_EVERY_N_STEPS,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[timer, CheckpointOnSigterm(), ExactResume()],  # always on in the CLI
-        )
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        peak_memory(peaks, key),
+        contextlib.nullcontext() if checked else unchecked,
+    ):
+        accelerator = "gpu" if DEVICE == "cuda" else "cpu"
+        trainer = cli_like_trainer(logs, [timer], accelerator=accelerator, devices=1, precision=precision)
         trainer.fit(model(backbone), train_dataloaders=batches(work, steps))
-    return timer.ended - timer.started
+    return timer.seconds
 
 
 def plain_loop(backbone: str, work: Workload, steps: int, warmup: int, peaks: dict) -> float:
