@@ -37,7 +37,7 @@ from experiments.config_files import yaml_file_error
 from experiments.tracking import WandbLogger, WandbRunId, wandb_run_id
 from experiments.trainer import Trainer as TransferTrainer
 from lightning_modules.backbones import backbone_preprocessing
-from lightning_modules.base import TransferModule
+from lightning_modules.base import TransferModule, label_map
 from lightning_modules.checkpoints import (
     LINKED_FROM_DATA,
     check_hyperparameters,
@@ -107,6 +107,7 @@ class TransferCLI(LightningCLI):
         self._with_subcommands = run
         self._wandb_run_id: str | None = None  # of the checkpoint a run resumes from
         self._checkpoint: Path | None = None  # `--ckpt_path FILE`, whose hyper_parameters the model was built from
+        self._checkpoint_classes: list[str] | None = None  # the class names that checkpoint was trained on
         self._command = ["transfer", *(args if args is not None else sys.argv[1:])]  # recorded in checkpoints
         super().__init__(
             TransferModule,
@@ -153,7 +154,18 @@ class TransferCLI(LightningCLI):
         # argument is missing (other datamodules, other strategies) is skipped by jsonargparse, so each pair
         # gets only the links it has.
         for argument, attribute in LINKED_FROM_DATA.items():
-            parser.link_arguments(f"data.{attribute}", f"model.init_args.{argument}", apply_on="instantiate")
+            compute = self._classes_of_model if argument == "num_classes" else None
+            parser.link_arguments(
+                f"data.{attribute}", f"model.init_args.{argument}", compute_fn=compute, apply_on="instantiate"
+            )
+
+    def _classes_of_model(self, num_classes: int) -> int:
+        """The data's number of classes, except in `test --ckpt_path` of a model that recorded its class names:
+        the model keeps its own, and the test data's labels are mapped to them by name (a cross-dataset test on
+        some of the classes; names the model does not know are refused before anything runs)."""
+        if self.config.get("subcommand") == "test" and self._checkpoint_classes:
+            return len(self._checkpoint_classes)
+        return num_classes
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if args is None or isinstance(args, list):
@@ -184,6 +196,7 @@ class TransferCLI(LightningCLI):
             fail(str(error))
         self._wandb_run_id = wandb_run_id(checkpoint)
         self._checkpoint = file
+        self._checkpoint_classes = hparams.get("class_names")
         hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
         config = self.config[subcommand]
         report_differences(f"ckpt_path {file}", "the checkpoint's", config_differences(config.get("model"), hparams))
@@ -249,6 +262,11 @@ class TransferCLI(LightningCLI):
                 say(f"data: {describe_splits(split_labels())}")
         except (ValueError, FileNotFoundError, ArchiveError, UnreadableImageError) as error:
             fail(str(error))
+        if subcommand == "test" and self._checkpoint_classes:
+            try:
+                label_map(self._checkpoint_classes, getattr(self.datamodule, "class_names", None))
+            except ValueError as error:
+                fail(f"ckpt_path: {self._checkpoint}: {error}")
         self._check_num_classes(subcommand)
 
     def _check_num_classes(self, subcommand: str) -> None:

@@ -235,8 +235,11 @@ class TransferModule(LightningModule):
     def on_test_start(self) -> None:
         """Map the test data's labels to the model's by class name; test the corrupted sets (`shift_sets`) too."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        self.test_labels = label_map(self.hparams.get("class_names"), getattr(datamodule, "class_names", None))
+        trained: list[str] = self.hparams.get("class_names") or []
+        self.test_labels = label_map(trained or None, getattr(datamodule, "class_names", None))
         if self.test_labels is not None:
+            tested = len(self.test_labels)
+            rank_zero_info(f"test data: {tested} of the model's {len(trained)} classes, labels mapped by class name")
             self.test_labels = self.test_labels.to(self.device)
         self.shift_sets = list(getattr(datamodule, "shift_sets", []))
         wanted = len(self.val_names) + len(self.shift_sets)
@@ -447,5 +450,4 @@ def label_map(trained: list[str] | None, tested: list[str] | None) -> Tensor | N
             f"the test data's classes {unknown[:5]} are not among the {len(trained)} classes the model was trained on "
             f"({list(trained)[:5]}{' ...' if len(trained) > 5 else ''}): a test on other data needs its class names"
         )
-    rank_zero_info(f"test data: {len(tested)} of the model's {len(trained)} classes, labels mapped by class name")
     return torch.tensor([list(trained).index(name) for name in tested], dtype=torch.int64)

@@ -1,11 +1,15 @@
 """Testing on other data with the same class names: labels mapped by name, unknown names refused."""
 
+import shutil
+
 import pytest
 import torch
+from image_trees import imagenet_tree
 from lightning import seed_everything
-from support import quiet_trainer
+from support import TINY_RUN, quiet_trainer
 
 from datamodules import SyntheticDataModule
+from experiments.cli import cli_main
 from lightning_modules import FineTuning
 from lightning_modules.base import label_map
 
@@ -55,3 +59,31 @@ def test_training_records_the_class_names_and_a_test_on_renamed_data_scores_agai
 
     with pytest.raises(ValueError, match=r"the test data's classes \['gnu'\] are not among"):
         quiet_trainer().test(model, datamodule=Renamed(["cat", "gnu"], num_samples=8, num_test_samples=4))
+
+
+def test_transfer_test_of_a_checkpoint_on_some_of_its_classes_keeps_the_model_and_maps_the_labels(
+    tmp_path, monkeypatch
+):
+    """The CLI: a model trained on four classes, tested on a folder of two of them in another order."""
+    monkeypatch.chdir(tmp_path)
+    trained = ["ant", "bee", "cat", "dog"]
+    imagenet_tree(tmp_path / "four", {"train": 12, "test": 2}, classes=trained)
+    folder = ["--data", "ImageFolderDataModule", "--data.batch_size", "8", "--data.val_fraction", "0.25"]
+    cli_main(["fit", *TINY_RUN, *folder, "--data.root", "four", "--trainer.max_epochs", "20",
+              "--model.optimizer.init_args.lr", "0.003", "--early_stopping", "null"])  # fmt: skip
+    for name in ("dog", "bee"):  # images of the training classes, in a tree whose labels are dog 1, bee 0
+        shutil.copytree(tmp_path / "four" / "train" / name, tmp_path / "two" / "test" / name)
+    checkpoint = next((tmp_path / "runs").rglob("last.ckpt"))
+
+    cli = cli_main(["test", *TINY_RUN, *folder, "--data.root", "two", "--data.train_split", "null",
+                    "--ckpt_path", str(checkpoint), "--trainer.logger", "false"])  # fmt: skip
+    assert cli.model.head.out_features == 4  # the model as trained, not rebuilt for the data's two classes
+    model, hits, unmapped, total = cli.model.eval(), 0, 0, 0
+    with torch.no_grad():
+        for batch in cli.datamodule.test_dataloader():
+            predicted = model(batch).argmax(-1)
+            hits += int((predicted == torch.tensor([1, 3])[batch["labels"]]).sum())  # bee is 1, dog 3
+            unmapped += int((predicted == batch["labels"]).sum())
+            total += len(predicted)
+    assert hits / total > 0.5 > unmapped / total  # it knows the images; the names decide what counts as right
+    assert cli.trainer.callback_metrics["test/acc"].item() == pytest.approx(hits / total)
