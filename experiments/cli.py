@@ -263,11 +263,19 @@ class TransferCLI(LightningCLI):
         except (ValueError, FileNotFoundError, ArchiveError, UnreadableImageError) as error:
             fail(str(error))
         if subcommand == "test" and self._checkpoint_classes:
-            try:
-                label_map(self._checkpoint_classes, getattr(self.datamodule, "class_names", None))
-            except ValueError as error:
-                fail(f"ckpt_path: {self._checkpoint}: {error}")
+            self._check_test_classes(self._checkpoint_classes)
         self._check_num_classes(subcommand)
+
+    def _check_test_classes(self, trained: list[str]) -> None:
+        """`test --ckpt_path` of a model that recorded its class names keeps them: the test data's classes must be
+        among them (by name; by number where the data has no names)."""
+        names, count = getattr(self.datamodule, "class_names", None), getattr(self.datamodule, "num_classes", None)
+        if names is None and count is not None and count != len(trained):
+            self._fail_checkpoint_classes(len(trained), count)
+        try:
+            label_map(trained, names)
+        except ValueError as error:
+            fail(f"ckpt_path: {self._checkpoint}: {error}")
 
     def _check_num_classes(self, subcommand: str) -> None:
         """`num_classes` comes from the data: a different one given (`--model.num_classes`) or held by
@@ -278,11 +286,15 @@ class TransferCLI(LightningCLI):
             return
         if self._checkpoint is None and given == default_argument(type(self.model), "num_classes"):
             return  # not given: the class default
-        data = type(self.datamodule).__name__
         if self._checkpoint is not None:
-            fail(f"ckpt_path: {self._checkpoint} holds a model of {given} classes, but the data ({data}) has {used}")
+            self._fail_checkpoint_classes(given, used)
+        data = type(self.datamodule).__name__
         fail(f"model.num_classes={given}, but the data ({data}) has {used} classes: the model takes its num_classes "
              "from the data, leave model.num_classes out")  # fmt: skip
+
+    def _fail_checkpoint_classes(self, given: int, used: int) -> NoReturn:
+        data = type(self.datamodule).__name__
+        fail(f"ckpt_path: {self._checkpoint} holds a model of {given} classes, but the data ({data}) has {used}")
 
     def before_fit(self) -> None:
         for callback in self.trainer.callbacks:  # type: ignore[attr-defined]

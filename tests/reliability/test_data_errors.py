@@ -286,3 +286,19 @@ def test_a_glue_folder_without_test_files_fits_and_only_predict_asks_for_them(tm
         raised.value.code == 2
         and f"rte test split: {root / 'RTE' / 'test.tsv'} does not exist" in capsys.readouterr().err
     )
+
+
+def test_a_checkpoint_tested_on_unnamed_data_of_another_class_count_exits_2(tmp_path, monkeypatch, capsys):
+    """A GLUE checkpoint (its class names recorded) tested on a text file with three labels and no class names."""
+    monkeypatch.chdir(tmp_path)
+    rte = ["-c", str(CONFIGS / "glue" / "rte.yaml"), *TINY_GLUE, "-c", str(CONFIGS / "logger" / "csv.yaml")]
+    cli_main(["fit", *rte, "--trainer.max_steps", "1", "--checkpoint.dirpath", "ckpt"])
+    (tmp_path / "three.csv").write_text("text,label\ngood,0\nfine,1\nbad,2\n")
+    files = [f"--data.init_args.{split}_file=three.csv" for split in ("train", "val", "test")]
+    text = ["--data", "TextDataModule", *files, "--data.init_args.text_columns", "[text]",
+            "--data.init_args.label_column", "label", "--data.init_args.num_classes", "3"]  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        cli_main(["test", *rte, *text, "--ckpt_path", "ckpt/last.ckpt"])
+    error = capsys.readouterr().err
+    assert raised.value.code == 2 and "holds a model of 2 classes, but the data (TextDataModule) has 3" in error, error
