@@ -12,6 +12,14 @@ from lightning.pytorch.loggers import CSVLogger
 from callbacks import CheckpointOnSigterm, ExactResume
 
 LOG_EVERY_N_STEPS = 5  # experiments/configs/defaults.yaml
+# Nothing that is not part of a training step: no validation, checkpoints, progress bar or summary.
+STEPS_ONLY: dict[str, Any] = {
+    "limit_val_batches": 0,
+    "num_sanity_val_steps": 0,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 
 class EpochTimer(Callback):
@@ -30,16 +38,7 @@ class EpochTimer(Callback):
 def timed_fit(model: LightningModule, datamodule: LightningDataModule, max_epochs: int) -> tuple[list[float], float]:
     """Fit without validation, logging, checkpoints or progress bar; (seconds per epoch, total seconds)."""
     timer = EpochTimer()
-    trainer = Trainer(
-        max_epochs=max_epochs,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
+    trainer = Trainer(max_epochs=max_epochs, logger=False, callbacks=[timer], **STEPS_ONLY)
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     return timer.seconds, time.perf_counter() - started
@@ -73,16 +72,12 @@ class StepTimer(Callback):
 
 def cli_like_trainer(logs: str, callbacks: list[Callback], **options: Any) -> Trainer:
     """A one-epoch Trainer with what the CLI always adds (the resume callbacks, a CSV logger writing every 5
-    steps) and nothing that is not part of a step (no validation, checkpoints, progress bar or summary)."""
+    steps) and nothing that is not part of a step."""
     return Trainer(
         max_epochs=1,
         logger=CSVLogger(logs),
         log_every_n_steps=LOG_EVERY_N_STEPS,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[*callbacks, CheckpointOnSigterm(), ExactResume()],  # always on in the CLI
+        **STEPS_ONLY,
         **options,
     )
