@@ -159,13 +159,15 @@ class TransferCLI(LightningCLI):
                 f"data.{attribute}", f"model.init_args.{argument}", compute_fn=compute, apply_on="instantiate"
             )
 
+    def _tested_by_name(self) -> list[str] | None:
+        """The class names of `test --ckpt_path`'s model, when it recorded them: the model keeps its classes and
+        the test data's labels are mapped to them by name (a cross-dataset test, perhaps on some of the classes)."""
+        return self._checkpoint_classes if self.config.get("subcommand") == "test" else None
+
     def _classes_of_model(self, num_classes: int) -> int:
-        """The data's number of classes, except in `test --ckpt_path` of a model that recorded its class names:
-        the model keeps its own, and the test data's labels are mapped to them by name (a cross-dataset test on
-        some of the classes; names the model does not know are refused before anything runs)."""
-        if self.config.get("subcommand") == "test" and self._checkpoint_classes:
-            return len(self._checkpoint_classes)
-        return num_classes
+        """The data's number of classes, except in a test by name (`_tested_by_name`): the model's own."""
+        trained = self._tested_by_name()
+        return len(trained) if trained else num_classes
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if args is None or isinstance(args, list):
@@ -262,13 +264,14 @@ class TransferCLI(LightningCLI):
                 say(f"data: {describe_splits(split_labels())}")
         except (ValueError, FileNotFoundError, ArchiveError, UnreadableImageError) as error:
             fail(str(error))
-        if subcommand == "test" and self._checkpoint_classes:
-            self._check_test_classes(self._checkpoint_classes)
+        trained = self._tested_by_name()
+        if trained:
+            self._check_test_classes(trained)
         self._check_num_classes(subcommand)
 
     def _check_test_classes(self, trained: list[str]) -> None:
-        """`test --ckpt_path` of a model that recorded its class names keeps them: the test data's classes must be
-        among them (by name; by number where the data has no names)."""
+        """In a test by name the test data's classes must be among the model's (by name; by number where the data
+        has no names); names the model does not know are refused before anything runs."""
         names, count = getattr(self.datamodule, "class_names", None), getattr(self.datamodule, "num_classes", None)
         if names is None and count is not None and count != len(trained):
             self._fail_checkpoint_classes(len(trained), count)

@@ -235,11 +235,10 @@ class TransferModule(LightningModule):
     def on_test_start(self) -> None:
         """Map the test data's labels to the model's by class name; test the corrupted sets (`shift_sets`) too."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        trained: list[str] = self.hparams.get("class_names") or []
-        self.test_labels = label_map(trained or None, getattr(datamodule, "class_names", None))
+        self.test_labels = label_map(self.hparams.get("class_names"), getattr(datamodule, "class_names", None))
         if self.test_labels is not None:
-            tested = len(self.test_labels)
-            rank_zero_info(f"test data: {tested} of the model's {len(trained)} classes, labels mapped by class name")
+            tested, classes = len(self.test_labels), len(self.hparams["class_names"])
+            rank_zero_info(f"test data: {tested} of the model's {classes} classes, labels mapped by class name")
             self.test_labels = self.test_labels.to(self.device)
         self.shift_sets = list(getattr(datamodule, "shift_sets", []))
         wanted = len(self.val_names) + len(self.shift_sets)
